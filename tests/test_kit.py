@@ -1,0 +1,69 @@
+"""The tiny offline model kit: complete, deterministic, and with experts that really differ."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from safetensors.numpy import load_file
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_kit_tree(kit: Path):
+    assert (kit / "tokenizer" / "tokenizer.json").is_file()
+    for model in [kit / "base", *sorted((kit / "experts").iterdir())]:
+        cfg = json.loads((model / "config.json").read_text())
+        assert cfg["architectures"] == ["LlamaForCausalLM"]
+        assert (model / "model.safetensors").is_file()
+        assert (model / "tokenizer.json").is_file()
+    names = sorted(p.name for p in (kit / "experts").iterdir())
+    assert names == ["anatomy", "cooking", "geography", "pharmacology"]
+    config = yaml.safe_load((kit / "mofe.yaml").read_text())
+    assert (kit / "mofe.yaml").read_text().startswith("# mofe train ")
+    domains = [e["domain"] for e in config["merge"]["experts"]]
+    assert sorted(domains) == ["general", "general", "medical", "medical"]
+    assert config["merge"]["experts_per_token"] < len(domains)  # routing is informative
+    rows = [json.loads(line) for line in (kit / "data" / "medmcqa.jsonl").open()]
+    assert rows and all({"id", "question", "opa", "opd", "cop", "subject_name"} <= r.keys()
+                        for r in rows)
+    assert {r["cop"] for r in rows} <= {0, 1, 2, 3}
+    chats = [json.loads(line) for line in (kit / "data" / "instruct.jsonl").open()]
+    assert all(c["messages"][-1]["role"] == "assistant" for c in chats)
+
+
+def test_expert_ffns_differ_from_base_and_each_other(kit: Path):
+    key = "model.layers.0.mlp.down_proj.weight"
+    base = load_file(kit / "base" / "model.safetensors")[key]
+    ffns = {p.name: load_file(p / "model.safetensors")[key] for p in (kit / "experts").iterdir()}
+    for name, w in ffns.items():
+        assert abs(w - base).max() > 1e-3, name
+    values = list(ffns.values())
+    assert all(abs(a - b).max() > 1e-3 for i, a in enumerate(values) for b in values[i + 1:])
+
+
+def test_tokenizer_has_chat_template(kit: Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(kit / "tokenizer")
+    text = tok.apply_chat_template([{"role": "user", "content": "What is metformin used for?"}],
+                                   tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<|assistant|>\n")
+    ids = tok("metformin")["input_ids"]
+    assert tok.decode(ids) == "metformin"
+
+
+def test_cli_is_deterministic(kit: Path, tmp_path: Path):
+    """`mofe dev tiny-experts` twice with the same seed gives byte-identical weights."""
+    out = tmp_path / "again"
+    subprocess.run([sys.executable, "-m", "mofe_cli", "dev", "tiny-experts", str(out)],
+                   check=True, capture_output=True)
+    for rel in ["base/model.safetensors", "experts/anatomy/model.safetensors",
+                "experts/cooking/model.safetensors", "tokenizer/tokenizer.json"]:
+        assert _sha(out / rel) == _sha(kit / rel), rel
