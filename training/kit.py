@@ -126,6 +126,13 @@ def kit_config(out: Path, experts: list[dict], seed: int) -> str:
     return header + yaml.safe_dump(config, sort_keys=False, width=100)
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def _train_tokenizer(path: Path, vocab_size: int):
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
