@@ -14,7 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from safetensors import serialize_file
+import numpy as np
+from safetensors import TensorSpec, serialize_file
 
 from .checkpoint import (
     DTYPE_NAMES,
@@ -67,22 +68,26 @@ def convert_to_vllm_layout(src: Path, dst: Path, overwrite: bool = False) -> Pat
         raise FileExistsError(f"{dst} already exists (pass overwrite=True to replace it)")
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; a checkpoint is shared read-only data
     try:
         for f in sorted(src.iterdir()):
             if f.is_file() and f.suffix != ".safetensors" and f.name not in _SKIP_FILES:
                 shutil.copy2(f, tmp / f.name)
         for f in weight_files(src):
             header = read_header(f)
+            # Zero-copy: the serializer reads each tensor straight from a read-only mmap.
+            mm = np.memmap(f, dtype=np.uint8, mode="r")
+            base = mm.ctypes.data
             tensors = {}
-            with open(f, "rb") as fh:
-                for name, info in header.items():
-                    pieces = ([(name, info.dtype, list(info.shape), info.start, info.end)]
-                              if layout == "per_expert" else _per_expert_tensors(name, info))
-                    for new_name, dtype, shape, s, e in pieces:
-                        fh.seek(s)
-                        tensors[new_name] = {"dtype": DTYPE_NAMES[dtype], "shape": shape,
-                                             "data": fh.read(e - s)}
+            for name, info in header.items():
+                pieces = ([(name, info.dtype, list(info.shape), info.start, info.end)]
+                          if layout == "per_expert" else _per_expert_tensors(name, info))
+                for new_name, dtype, shape, s, e in pieces:
+                    tensors[new_name] = TensorSpec(dtype=DTYPE_NAMES[dtype], shape=shape,
+                                                   data_ptr=base + s, data_len=e - s)
             serialize_file(tensors, str(tmp / f.name), metadata={"format": "pt"})
+            (tmp / f.name).chmod(0o644)
+            del mm
         _write_index(tmp)
         if dst.exists():
             shutil.rmtree(dst)

@@ -212,3 +212,47 @@ def _write_data(path: Path, seed: int) -> None:
         with open(path / name, "w") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
+
+
+def build_random_mixtral(out: Path, sizes: KitSizes = KitSizes(), experts: int = 4,
+                         top_k: int = 2, seed: int = 0, dtype: str = "float32",
+                         domains: list[str] | None = None) -> Path:
+    """A randomly initialised Mixtral with the kit tokenizer, per-expert (vLLM) layout and a
+    mofe.json naming expert domains. For serving tests and speed benchmarks, where the
+    weights only need the right shapes and routing that varies by token."""
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from model_registry.layout import convert_to_vllm_layout
+    from model_registry.manifest import ExpertRecord, Manifest
+
+    from . import __version__
+
+    _quiet_transformers()
+    out = Path(out)
+    work = out.with_name(f".{out.name}.work")
+    shutil.rmtree(work, ignore_errors=True)
+    tokenizer = _train_tokenizer(work / "tokenizer", sizes.vocab_size)
+    config = MixtralConfig(
+        vocab_size=len(tokenizer), hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size, num_hidden_layers=sizes.num_layers,
+        num_attention_heads=sizes.num_heads, num_key_value_heads=sizes.num_kv_heads,
+        max_position_embeddings=sizes.max_positions, num_local_experts=experts,
+        num_experts_per_tok=top_k, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = MixtralForCausalLM(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:  # a sharper router so routing differs by token
+            layer.mlp.gate.weight.normal_(0.0, 0.5)
+    model.to(getattr(torch, dtype)).save_pretrained(work / "fused")
+    tokenizer.save_pretrained(work / "fused")
+    domains = domains or [TOPICS[i % len(TOPICS)][1] for i in range(experts)]
+    Manifest(project_version=__version__, num_layers=sizes.num_layers, num_experts=experts,
+             top_k=top_k, dtype=dtype,
+             experts=[ExpertRecord(source=f"random-init:seed={seed}", index=i, domain=d)
+                      for i, d in enumerate(domains)]).save(work / "fused")
+    convert_to_vllm_layout(work / "fused", out, overwrite=True)
+    shutil.rmtree(work, ignore_errors=True)
+    return out

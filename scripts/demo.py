@@ -1,0 +1,164 @@
+"""`make demo`: the whole product end to end on a tiny model, offline, in a few minutes.
+
+tiny expert kit -> merge + frozen-FFN training -> verify -> register (alias prod) -> serve
+-> chat through the official openai client -> routing table and PNG -> batch MedMCQA sample
+with report -> clean shutdown with no process left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = Path(os.environ.get("MOFE_DEMO_OUT", ROOT / "demo-out")).resolve()
+MOFE = [sys.executable, "-m", "mofe_cli"]
+API_KEY = "demo-key"
+console = Console()
+ENV = {**os.environ, "MOFE_REGISTRY": str(OUT / "registry"), "HF_HUB_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+
+def step(title: str, *args: str) -> str:
+    console.rule(f"[bold]{title}")
+    console.print("$ mofe " + " ".join(args), style="dim")
+    start = time.perf_counter()
+    proc = subprocess.run([*MOFE, *args], env=ENV, text=True, capture_output=True)
+    console.print(proc.stdout.rstrip())
+    if proc.returncode != 0:
+        console.print(proc.stderr[-4000:], style="red")
+        raise SystemExit(f"demo step failed: {title}")
+    console.print(f"[green]done in {time.perf_counter() - start:.1f}s")
+    return proc.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise SystemExit("server did not become ready in time")
+
+
+def routing_report(base_url: str) -> dict:
+    req = urllib.request.Request(base_url + "/v1/routing",
+                                 headers={"Authorization": f"Bearer {API_KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        routing = json.loads(r.read())
+    domains = json.loads((OUT / "checkpoint" / "mofe.json").read_text())["experts"]
+    labels = [f"{e['index']}:{e['domain']}" for e in sorted(domains, key=lambda e: e["index"])]
+    table = Table(title=f"expert share per layer ({routing['model']}, top-{routing['top_k']})")
+    table.add_column("layer")
+    for label in labels:
+        table.add_column(label, justify="right")
+    shares = []
+    for layer, counts in enumerate(routing["tokens"]):
+        total = sum(counts) or 1
+        shares.append([c / total for c in counts])
+        table.add_row(str(layer), *(f"{s:.1%}" for s in shares[-1]))
+    console.print(table)
+    console.print("share by domain: " + ", ".join(f"{d}={s:.1%}"
+                                                  for d, s in routing["domains"].items()))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    im = ax.imshow(shares, aspect="auto", cmap="viridis", vmin=0)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(shares)))
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    ax.set_title("Expert share of routed tokens per layer")
+    fig.colorbar(im, ax=ax, label="share")
+    fig.tight_layout()
+    fig.savefig(OUT / "routing.png", dpi=120)
+    return routing
+
+
+def main() -> None:
+    started = time.perf_counter()
+    OUT.mkdir(parents=True, exist_ok=True)
+    kit = OUT / "kit"
+    step("1. tiny expert kit", "dev", "tiny-experts", str(kit), "--overwrite")
+    step("2. merge + frozen-FFN instruction tuning", "train", str(kit / "mofe.yaml"),
+         "--set", f"output_dir={OUT / 'checkpoint'}", "--set", "training.max_steps=30")
+    step("3. verify experts are bit-identical to their sources", "verify", str(OUT / "checkpoint"))
+    step("4. register and alias prod", "registry", "register", str(OUT / "checkpoint"),
+         "--name", "tiny-mofe", "--alias", "prod")
+    step("   lineage", "registry", "lineage", "tiny-mofe@prod")
+
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    console.rule("[bold]5. serve tiny-mofe@prod")
+    log = open(OUT / "server.log", "w")
+    server = subprocess.Popen([*MOFE, "serve", "tiny-mofe@prod", "--port", str(port),
+                               "--api-key", API_KEY, "--enforce-eager"],
+                              env=ENV, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    try:
+        wait_ready(base_url, server)
+        console.print(f"[green]serving at {base_url} (log: {OUT / 'server.log'})")
+        from openai import OpenAI
+
+        client = OpenAI(base_url=base_url + "/v1", api_key=API_KEY)
+        model = client.models.list().data[0].id
+        console.rule("[bold]6. chat completion through the openai client")
+        reply = client.chat.completions.create(
+            model=model, max_tokens=32, temperature=0,
+            messages=[{"role": "user", "content": "What is metformin used for?"}])
+        console.print(f"[bold]{model}[/]: {reply.choices[0].message.content!r}")
+        console.print(f"usage: {reply.usage}")
+        console.rule("[bold]7. routing per layer and domain")
+        routing_report(base_url)
+        step("8. batch MedMCQA sample", "batch", "tiny-mofe@prod", "--task", "medmcqa",
+             "--input", str(kit / "data" / "medmcqa.jsonl"), "--output", str(OUT / "qa.jsonl"),
+             "--endpoint", base_url + "/v1", "--api-key", API_KEY, "--report-png")
+    finally:
+        console.rule("[bold]9. shutdown")
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            raise SystemExit("server did not stop within 60 s after SIGTERM") from None
+        log.close()
+        leftover = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True)
+        console.print("no process left" if not leftover.stdout.strip()
+                      else f"[red]left over: {leftover.stdout.split()}")
+    console.rule("[bold]artifacts")
+    for what, path in [("kit", kit), ("checkpoint", OUT / "checkpoint"),
+                       ("registry", OUT / "registry"), ("routing plot", OUT / "routing.png"),
+                       ("batch predictions", OUT / "qa.jsonl"),
+                       ("batch report", OUT / "qa.report.md"), ("server log", OUT / "server.log")]:
+        console.print(f"{what:18} {path}")
+    console.print(f"[bold green]demo finished in {time.perf_counter() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
