@@ -2,8 +2,32 @@
 
 Imports neither torch nor vLLM. Holds the manifest schema (`mofe.json`), torch-free
 checkpoint reading (canonical per-expert tensor hashes, layout conversion) and the registry.
+
+Registry (registry.py) is written against two small interfaces (stores.py):
+  MetadataStore  versions, file and expert-tensor hashes, aliases, evals. Its one hard
+                 requirement: `publish` allocates the next version number and writes every row
+                 in ONE transaction. Here: SQLiteMetadataStore (sqlite_store.py; WAL,
+                 busy_timeout, BEGIN IMMEDIATE), schema versioned and migrated in schema.py.
+  ArtifactStore  checkpoint directories: stage locally, publish under a key inside the
+                 metadata transaction, hand back a local directory. Here:
+                 FilesystemArtifactStore (fs_store.py; <root>/artifacts/<name>/v<N>).
+For more than one machine, both plug in at `Registry(metadata=..., artifacts=...)`:
+a PostgreSQL MetadataStore (same tables; SELECT ... FOR UPDATE on the models row or a
+sequence per name for versions, one transaction per publish) and an S3-compatible
+ArtifactStore (staging = local temp dir; publish = upload to a versioned key prefix, then
+write the rows; local_path = download into a content-addressed cache, verified against the
+recorded SHA-256s; recover = delete prefixes no row refers to).
 """
 
 from .manifest import MANIFEST_FILE, Manifest
 
-__all__ = ["MANIFEST_FILE", "Manifest"]
+__all__ = ["MANIFEST_FILE", "Manifest", "Registry", "resolve_ref"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import model_registry` (for the manifest) should not open sqlite or rich.
+    if name in ("Registry", "resolve_ref"):
+        from . import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'model_registry' has no attribute {name!r}")

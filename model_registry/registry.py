@@ -1,0 +1,189 @@
+"""The registry: register, resolve, alias, delete and annotate versions of MoFE checkpoints.
+
+A version is written in one metadata transaction after its files are staged and hashed, so
+a process killed at any point leaves either a complete version or none (see fs_store.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+
+from . import refs
+from ._hooks import pause_point
+from .describe import describe, load_manifest
+from .errors import NotFoundError
+from .frozen import manifest_consistency
+from .fs_store import FilesystemArtifactStore
+from .inspection import inspect_checkpoint
+from .layout import convert_to_vllm_layout
+from .manifest import MANIFEST_FILE
+from .sqlite_store import SQLiteMetadataStore, now
+from .stores import ArtifactStore, EvalEntry, MetadataStore, VersionInfo
+
+REGISTRY_ENV = "MOFE_REGISTRY"
+DB_FILE = "registry.db"
+
+
+def default_root() -> Path:
+    env = os.environ.get(REGISTRY_ENV)
+    return Path(env).expanduser() if env else platformdirs.user_data_path("mofe-registry")
+
+
+class Registry:
+    def __init__(self, root: Path | str | None = None, *, metadata: MetadataStore | None = None,
+                 artifacts: ArtifactStore | None = None):
+        self.root = Path(root or default_root()).expanduser().absolute()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.artifacts = artifacts or FilesystemArtifactStore(self.root)
+        self.meta = metadata or SQLiteMetadataStore(self.root / DB_FILE)
+        # Leftovers of killed registrations are removed on open (when none is in flight).
+        self.recovered = self.artifacts.recover(self.meta.artifact_keys)
+
+    def close(self) -> None:
+        close = getattr(self.meta, "close", None)
+        if close:
+            close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- register -----------------------------------------------------------------------
+    def register(self, ckpt: Path | str, name: str, aliases: list[str] | tuple[str, ...] = (),
+                 mode: Literal["copy", "link"] = "copy") -> VersionInfo:
+        refs.validate_name(name)
+        aliases = [refs.validate_alias(a) for a in aliases]
+        if mode not in ("copy", "link"):
+            raise ValueError(f"mode must be 'copy' or 'link', not {mode!r}")
+        src = Path(ckpt).expanduser().resolve()
+        summary = inspect_checkpoint(src)
+        manifest = load_manifest(src)
+        if manifest and summary.kind == "mixtral":
+            manifest_consistency(manifest, summary.config, src / MANIFEST_FILE)
+        if mode == "link":
+            new = describe(src, src, name, mode, summary.layout, False, self.resolve)
+            pause_point("hashed")
+            return self.meta.publish(new, aliases, lambda version: str(src))
+        with self.artifacts.staging() as staged:
+            converted = summary.layout == "fused"
+            if converted:  # store what vLLM's native loader reads, so serving uses it as is
+                convert_to_vllm_layout(src, staged)
+                for sub in sorted(p for p in src.iterdir() if p.is_dir()):
+                    shutil.copytree(sub, staged / sub.name, symlinks=False)  # convert: files only
+            else:
+                shutil.copytree(src, staged, symlinks=False)
+            pause_point("staged")
+            new = describe(staged, src, name, mode, summary.layout, converted, self.resolve)
+            pause_point("hashed")
+            placed: list[tuple[int, str]] = []
+
+            def place(version: int) -> str:
+                placed.append((version, self.artifacts.publish(staged, name, version)))
+                return placed[-1][1]
+
+            try:
+                return self.meta.publish(new, aliases, place)
+            except BaseException:
+                for version, key in placed:  # rolled back: take the placed folder away too
+                    if self.meta.get(name, version) is None:
+                        self.artifacts.remove(key)
+                raise
+
+    # ---- look up ------------------------------------------------------------------------
+    def get(self, ref: str) -> VersionInfo:
+        r = refs.parse_ref(ref)
+        if r.version is not None:
+            version = r.version
+        elif r.alias is not None:
+            version = self.meta.alias_target(r.name, r.alias)
+            if version is None:
+                raise NotFoundError(f"{ref}: model {r.name!r} has no alias {r.alias!r}")
+        else:
+            version = self.meta.latest_version(r.name)
+            if version is None:
+                raise NotFoundError(self._unknown(r.name))
+        info = self.meta.get(r.name, version)
+        if info is None:
+            if self.meta.latest_version(r.name) is None:
+                raise NotFoundError(self._unknown(r.name))
+            raise NotFoundError(f"{ref}: model {r.name!r} has no version {version}")
+        return info
+
+    def _unknown(self, name: str) -> str:
+        known = ", ".join(m.name for m in self.meta.models()) or "none"
+        return f"model {name!r} is not registered (registered: {known})"
+
+    def path_of(self, info: VersionInfo) -> Path:
+        if info.storage == "copy":
+            return self.artifacts.local_path(info.artifact)
+        path = Path(info.artifact)
+        if not path.is_dir():
+            raise NotFoundError(f"{info.ref} links to {path}, which no longer exists")
+        return path
+
+    def resolve(self, ref: str | Path) -> Path:
+        """Local checkpoint directory for NAME, NAME@3, NAME@alias, or a plain path."""
+        text = str(ref)
+        if isinstance(ref, Path) or refs.looks_like_path(text):
+            return _plain_path(text)
+        r = refs.parse_ref(text)
+        if self.meta.latest_version(r.name) is None and Path(text).is_dir():
+            return _plain_path(text)  # an unregistered name that is a directory here
+        return self.path_of(self.get(text))
+
+    def list_models(self):
+        return self.meta.models()
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        refs.validate_name(name)
+        found = self.meta.versions(name)
+        if not found:
+            raise NotFoundError(self._unknown(name))
+        return found
+
+    # ---- change -------------------------------------------------------------------------
+    def set_alias(self, name: str, version: int | str, alias: str) -> int | None:
+        refs.validate_name(name)
+        return self.meta.set_alias(name, refs.validate_alias(alias), refs.parse_version(version))
+
+    def remove_alias(self, name: str, alias: str) -> int:
+        refs.validate_name(name)
+        before = self.meta.remove_alias(name, refs.validate_alias(alias))
+        if before is None:
+            raise NotFoundError(f"model {name!r} has no alias {alias!r}")
+        return before
+
+    def delete(self, ref: str, force: bool = False) -> VersionInfo:
+        info = self.get(ref)
+        gone = self.meta.delete(info.name, info.version, force)
+        if gone.storage == "copy":  # rows first: a crash here leaves an orphan dir, cleaned later
+            self.artifacts.remove(gone.artifact)
+        return gone
+
+    def add_eval(self, ref: str, task: str, metric: str, value: float,
+                 split: str | None = None, harness: str | None = None) -> VersionInfo:
+        info = self.get(ref)
+        self.meta.add_eval(info.name, info.version, EvalEntry(
+            task=task, metric=metric, value=value, split=split, harness=harness, created_at=now()))
+        return self.get(info.ref)
+
+
+def _plain_path(text: str) -> Path:
+    path = Path(text).expanduser().resolve()
+    if not (path / "config.json").is_file():
+        raise NotFoundError(f"{text}: neither a registered model nor a checkpoint directory "
+                            "(no config.json there)")
+    return path
+
+
+def resolve_ref(ref: str | Path, root: Path | str | None = None) -> Path:
+    """Local checkpoint directory for a REF, using the default (or given) registry root."""
+    with Registry(root) as registry:
+        return registry.resolve(ref)
