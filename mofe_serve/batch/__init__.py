@@ -1,0 +1,7 @@
+"""Batch medical QA scoring (`mofe batch`): lm-eval-style log-likelihood multiple choice.
+
+Modules: readers (streamed input files), tasks (MedMCQA / MMLU / PubMedQA / generic MCQ row
+schemas and lm-eval prompts), prompts (templates, shots, chat template), scoring (lm-eval
+tokenization and option ranking), backends (vLLM offline, OpenAI endpoint, transformers),
+routing (expert counters from the serving plugin), output (resumable JSONL), report, runner.
+"""

@@ -1,0 +1,175 @@
+"""The batch job: stream rows, score them in subject-grouped chunks, write, report.
+
+Chunks hold questions of one subject (per-subject buffers, the fullest flushed when too
+much is buffered), so a chunk's routing delta belongs to one subject exactly; a row's
+expert shares are its chunk's, apportioned by prompt tokens (`--routing question` scores
+one question per engine call for exact per-row shares, at a throughput cost).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+
+from .backends import make_scorer, resolve_model
+from .config import BatchConfig, pre_pass
+from .output import ResultWriter, repair_and_read_ids
+from .prompts import PromptBuilder
+from .questions import Skips, iter_questions, load_dev
+from .readers import position_label
+from .report import summarize, write_reports
+from .routing import by_domain, delta
+from .rows import result_row
+from .scoring import build_items
+
+
+class _Stopped(Exception):
+    """The engine call failed after Ctrl-C: stop as if the chunk had not started."""
+
+
+def run_batch(cfg: BatchConfig, scorer=None, log=print) -> dict:
+    started = time.time()
+    pre = pre_pass(cfg.input, cfg.task, cfg.cop_base)
+    if pre.cop_reason and "WARNING" in pre.cop_reason:
+        log(f"warning: MedMCQA cop convention: {pre.cop_reason}")
+    label = position_label(cfg.input)
+    if cfg.strict:  # validate everything before loading a model or writing a line
+        for _ in iter_questions(cfg, pre.cop_base, Skips(cfg.input, label), strict=True):
+            pass
+    dev = load_dev(cfg, pre.cop_base)
+    done = repair_and_read_ids(cfg.output)
+    t0 = time.time()
+    own_scorer = scorer is None
+    display = cfg.model
+    if own_scorer:  # a caller-provided scorer (tests, notebooks) already holds its model
+        engine_path, display, source = resolve_model(cfg.model)
+        scorer = make_scorer(cfg, engine_path, source)
+    load_seconds = time.time() - t0
+    loaded_at = time.time()
+    chat = scorer.tokenizer if cfg.chat_template else None
+    prompts = PromptBuilder(cfg.task, cfg.template, cfg.shots, dev, cfg.seed, chat)
+
+    stop = {"flag": False}
+    previous = None
+
+    def on_sigint(signum, frame):
+        if stop["flag"]:
+            raise KeyboardInterrupt
+        stop["flag"] = True
+        log("interrupt: finishing the current chunk, then stopping (Ctrl-C again to abort)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:
+        previous = None  # not the main thread: no handler
+
+    skips = Skips(cfg.input, label)
+    writer = ResultWriter(cfg.output)
+    counts = {"scored": 0, "resumed": 0, "truncated": 0, "seconds": 0.0}
+    total = min(pre.records, cfg.limit) if cfg.limit else pre.records
+    bar = _progress(total, cfg.progress)
+    chunk_size = 1 if cfg.routing == "question" else cfg.chunk_size
+    buffers: dict[str, list] = {}
+
+    def flush(subject: str) -> None:
+        pending = buffers.pop(subject, [])
+        built = build_items(scorer.tokenizer, [(ctx, conts) for _, ctx, conts in pending],
+                            scorer.max_len)
+        batch = []
+        for (q, _, _), item in zip(pending, built, strict=True):
+            if isinstance(item, ValueError):
+                skips.add(q.position, str(item), cfg.strict)
+                continue
+            counts["truncated"] += item.truncated
+            batch.append((q, item))
+        if not batch:
+            return
+        t = time.time()
+        try:
+            before = scorer.routing_snapshot()
+            lls = scorer.score([item for _, item in batch])
+            after = scorer.routing_snapshot()
+        except Exception:
+            # A terminal's Ctrl-C also reaches vLLM's engine process, which then dies under
+            # the call in flight: that chunk is simply not written (the rerun scores it).
+            if stop["flag"]:
+                raise _Stopped from None
+            raise
+        counts["seconds"] += time.time() - t
+        routed = (by_domain(delta(after, before), scorer.domains)
+                  if before is not None and scorer.domains else None)
+        tokens = sum(item.num_tokens for _, item in batch)
+        rows = [result_row(q, item, ll, routed, item.num_tokens / tokens)
+                for (q, item), ll in zip(batch, lls, strict=True)]
+        writer.write_chunk(rows)
+        counts["scored"] += len(rows)
+        bar.update(len(rows))
+
+    try:
+        for q in iter_questions(cfg, pre.cop_base, skips, cfg.strict):
+            if q.id in done:
+                counts["resumed"] += 1
+                bar.update(1)
+                continue
+            # tokenized per chunk at flush time, in one batched call
+            buffers.setdefault(q.subject, []).append((q, prompts.context(q),
+                                                      prompts.continuations(q)))
+            if len(buffers[q.subject]) >= chunk_size:
+                flush(q.subject)
+            elif sum(len(b) for b in buffers.values()) >= 4 * chunk_size:
+                flush(max(buffers, key=lambda s: len(buffers[s])))
+            if stop["flag"]:
+                break
+        if not stop["flag"]:
+            for subject in list(buffers):
+                flush(subject)
+                if stop["flag"]:
+                    break
+    except _Stopped:
+        pass
+    finally:
+        finished_at = time.time()
+        writer.close()
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if own_scorer:
+            try:
+                scorer.close()
+            except Exception as exc:  # an engine already gone after Ctrl-C
+                log(f"warning: closing the engine: {exc}")
+
+    run = {
+        "task": cfg.task, "model": display, "input": str(cfg.input), "output": str(cfg.output),
+        "backend": scorer.name, "dtype": cfg.dtype, "shots": cfg.shots, "seed": cfg.seed,
+        "chat_template": cfg.chat_template, "rows_seen": pre.records,
+        "scored_this_run": counts["scored"], "resumed": counts["resumed"],
+        "truncated_prompts": counts["truncated"], "interrupted": stop["flag"],
+        "cop_base": pre.cop_base, "cop_base_reason": pre.cop_reason,
+        "skipped": skips.as_dict(), "load_seconds": load_seconds,
+        # everything after the model is loaded: reading, prompts, tokenizing, engine, writing
+        "scoring_seconds": finished_at - loaded_at, "engine_seconds": counts["seconds"],
+        "wall_seconds": time.time() - started,
+        "routing_granularity": _granularity(cfg, scorer),
+    }
+    run["throughput_qps"] = counts["scored"] / run["scoring_seconds"] if counts["scored"] else 0.0
+    report = summarize(cfg.output, run)
+    report["report_files"] = [str(p) for p in write_reports(cfg.output, report, cfg.report_png)]
+    return report
+
+
+def _granularity(cfg: BatchConfig, scorer) -> str:
+    if not scorer.domains:
+        return "none (the model has no MoFE routing counters, or scored via --endpoint)"
+    if cfg.routing == "question":
+        return "per question (one engine call per question)"
+    return (f"per chunk of up to {cfg.chunk_size} questions of one subject; a row's shares "
+            "are its chunk's (per-subject totals are exact)")
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="q", disable=not enabled, file=sys.stderr,
+                dynamic_ncols=True, smoothing=0.1)

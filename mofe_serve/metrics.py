@@ -1,0 +1,115 @@
+"""Per-expert routing metrics as a prometheus_client Collector (no torch, no vLLM).
+
+Registered in the API server process, so the series appear on the same `/metrics` as
+vLLM's own. Values come from `snapshot_fn()` (the poller's cache); a scrape never waits on
+the engine. Metric names are a contract with deploy/ (dashboards, alerts): do not rename.
+
+    mofe_expert_tokens_total{model,layer,expert,domain}       counter
+    mofe_expert_gate_weight_total{model,layer,expert,domain}  counter
+    mofe_routed_tokens_total{model,layer}                     counter
+    mofe_routing_entropy{model,layer}     gauge, window, normalized to 0..1
+    mofe_expert_share_max{model,layer}    gauge, window
+    mofe_expert_share_min{model,layer}    gauge, window
+    mofe_experts_idle{model,layer}        gauge, window: experts with no token
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from .routing.state import RoutingSnapshot
+
+SUMMED_LAYER = "all"
+
+
+def window_stats(counts: Sequence[float]) -> dict[str, float]:
+    """Entropy (normalized by log E), max/min expert share and idle experts of one layer."""
+    total = float(sum(counts))
+    n = len(counts)
+    if total <= 0:
+        # No traffic in the window: every expert idle, no distribution to describe.
+        return {"entropy": 0.0, "share_max": 0.0, "share_min": 0.0, "idle": float(n)}
+    shares = [c / total for c in counts]
+    entropy = -sum(p * math.log(p) for p in shares if p > 0)
+    return {
+        "entropy": entropy / math.log(n) if n > 1 else 0.0,
+        "share_max": max(shares),
+        "share_min": min(shares),
+        "idle": float(sum(1 for c in counts if c == 0)),
+    }
+
+
+class RoutingCollector:
+    """Collector over the latest routing snapshot.
+
+    `per_layer=False` exports per-expert counters summed over layers (layer="all") to keep
+    series counts down on big models; per-layer window gauges stay (one series per layer).
+    """
+
+    def __init__(self, model: str, domains: Sequence[str] | None,
+                 snapshot_fn: Callable[[], RoutingSnapshot | None], per_layer: bool = True):
+        self.model = model
+        self.domains = list(domains or [])
+        self.snapshot_fn = snapshot_fn
+        self.per_layer = per_layer
+
+    def domain(self, expert: int) -> str:
+        return self.domains[expert] if expert < len(self.domains) else "unknown"
+
+    def describe(self) -> list[Metric]:
+        # Lets registry.register() check names without taking a snapshot.
+        return list(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families(self.snapshot_fn())
+
+    def _families(self, snap: RoutingSnapshot | None) -> Iterator[Metric]:
+        expert_labels = ["model", "layer", "expert", "domain"]
+        tokens = CounterMetricFamily(
+            "mofe_expert_tokens", "Tokens routed to each expert (each token counts once per "
+            "each of its top-k experts)", labels=expert_labels)
+        gate = CounterMetricFamily(
+            "mofe_expert_gate_weight", "Sum of routing (gate) weights given to each expert",
+            labels=expert_labels)
+        routed = CounterMetricFamily(
+            "mofe_routed_tokens", "Tokens through each MoE layer", labels=["model", "layer"])
+        gauges = {
+            "entropy": GaugeMetricFamily(
+                "mofe_routing_entropy", "Entropy of the expert token distribution in the "
+                "current window, divided by log(num_experts)", labels=["model", "layer"]),
+            "share_max": GaugeMetricFamily(
+                "mofe_expert_share_max", "Largest expert share of routed slots in the window",
+                labels=["model", "layer"]),
+            "share_min": GaugeMetricFamily(
+                "mofe_expert_share_min", "Smallest expert share of routed slots in the window",
+                labels=["model", "layer"]),
+            "idle": GaugeMetricFamily(
+                "mofe_experts_idle", "Experts that received no token in the window",
+                labels=["model", "layer"]),
+        }
+        if snap is not None:
+            self._add_counters(snap, tokens, gate, routed)
+            for layer, counts in enumerate(snap.window_tokens):
+                for key, value in window_stats(counts).items():
+                    gauges[key].add_metric([self.model, str(layer)], value)
+        yield tokens
+        yield gate
+        yield routed
+        yield from gauges.values()
+
+    def _add_counters(self, snap: RoutingSnapshot, tokens, gate, routed) -> None:
+        if self.per_layer:
+            rows = [(str(i), t, g) for i, (t, g)
+                    in enumerate(zip(snap.tokens, snap.gate_weight, strict=True))]
+        else:
+            rows = [(SUMMED_LAYER, [sum(c) for c in zip(*snap.tokens, strict=True)],
+                     [sum(c) for c in zip(*snap.gate_weight, strict=True)])]
+        for layer, layer_tokens, layer_gate in rows:
+            for expert, (t, g) in enumerate(zip(layer_tokens, layer_gate, strict=True)):
+                labels = [self.model, layer, str(expert), self.domain(expert)]
+                tokens.add_metric(labels, t)
+                gate.add_metric(labels, g)
+            routed.add_metric([self.model, layer], sum(layer_tokens) / snap.top_k)

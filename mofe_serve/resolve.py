@@ -1,0 +1,96 @@
+"""From a REF on the command line to a directory vLLM can load, its served names and domains.
+
+Torch-free and vLLM-free (runs before the engine starts, and in `mofe serve --help` paths).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_registry.checkpoint import detect_layout, read_all_headers, weight_files
+from model_registry.layout import convert_to_vllm_layout
+from model_registry.manifest import MANIFEST_FILE, Manifest
+
+CACHE_ENV = "MOFE_CACHE_DIR"
+
+
+@dataclass
+class ServedModel:
+    path: Path  # what vLLM loads (per-expert layout)
+    source: Path  # the checkpoint the REF named
+    names: list[str]  # served model names; the first is the display name (NAME@VERSION)
+    domains: list[str] = field(default_factory=list)  # by expert index; empty: unknown
+    architecture: str = "MixtralForCausalLM"
+
+
+def resolve_model_ref(ref: str) -> tuple[Path, str]:
+    """(checkpoint directory, display name) for NAME, NAME@VERSION, NAME@ALIAS or a path.
+
+    The one place that knows about the registry: registered refs resolve through
+    `model_registry.registry.Registry` and display as NAME@VERSION; a plain path displays
+    as its directory name.
+    """
+    from model_registry.refs import looks_like_path
+
+    if looks_like_path(ref) or (Path(ref).is_dir() and (Path(ref) / "config.json").is_file()):
+        path = Path(ref).expanduser().resolve()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{ref}: not a checkpoint directory (no config.json)")
+        return path, path.name
+    from model_registry.registry import Registry
+
+    with Registry() as registry:
+        info = registry.get(ref)
+        return registry.path_of(info), info.ref
+
+
+def cache_root() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_cache_path("mofe-serve")
+
+
+def _fingerprint(src: Path) -> str:
+    """Changes whenever a weight file of `src` is replaced or rewritten."""
+    h = hashlib.sha256(str(src.resolve()).encode())
+    for f in weight_files(src):
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def vllm_loadable_path(src: Path) -> Path:
+    """`src` itself, or a cached per-expert copy when `src` is in the fused layout."""
+    if detect_layout(read_all_headers(src)) != "fused":
+        return src
+    dst = cache_root() / "vllm-layout" / f"{src.name}-{_fingerprint(src)}"
+    if not (dst / "config.json").is_file():
+        # Converts into a temporary sibling and renames: a killed run leaves no half copy.
+        convert_to_vllm_layout(src, dst, overwrite=dst.exists())
+    return dst
+
+
+def resolve_served_model(ref: str, served_names: list[str] | None = None) -> ServedModel:
+    source, display = resolve_model_ref(ref)
+    model_type = json.loads((source / "config.json").read_text()).get("model_type")
+    if model_type != "mixtral":
+        raise ValueError(f"{source}/config.json: model_type is {model_type!r}; mofe serve "
+                         "serves Mixtral (MoE) checkpoints")
+    names = list(served_names or [])
+    if not names:
+        from model_registry.refs import looks_like_path
+
+        # NAME@VERSION first; the REF as typed (NAME@prod, NAME) is accepted too.
+        names = [display] + ([ref] if ref != display and not looks_like_path(ref) else [])
+    domains: list[str] = []
+    if (source / MANIFEST_FILE).is_file():
+        domains = Manifest.load(source).domains()
+    return ServedModel(path=vllm_loadable_path(source), source=source, names=names,
+                       domains=domains)

@@ -1,0 +1,1 @@
+"""Routing statistics in the API server: snapshot cache, JSON API, window."""

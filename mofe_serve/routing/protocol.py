@@ -1,0 +1,22 @@
+"""Pydantic models of the routing JSON API (`GET /v1/routing`, `POST /v1/routing/reset`)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class RoutingResponse(BaseModel):
+    model: str = Field(description="served model name (NAME@VERSION)")
+    num_layers: int
+    num_experts: int
+    top_k: int
+    tokens: list[list[int]] = Field(description="[layer][expert] tokens routed in the window")
+    gate_weight: list[list[float]] = Field(description="[layer][expert] summed gate weights")
+    domains: dict[str, float] = Field(description="domain -> share of routed slots (window)")
+    since: float = Field(description="unix time the window started (start-up or last reset)")
+    updated_at: float = Field(description="unix time the counts were read from the worker")
+
+
+class RoutingResetResponse(BaseModel):
+    model: str
+    since: float = Field(description="unix time the new window started")

@@ -1,0 +1,41 @@
+"""Fixtures for the batch QA tests: a tiny MoFE Mixtral from the kit, one vLLM engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .tiny_moe import build_tiny_moe
+
+
+@pytest.fixture(scope="session")
+def moe_model(kit, tmp_path_factory) -> Path:
+    return build_tiny_moe(kit, tmp_path_factory.mktemp("batch-model") / "tiny-moe")
+
+
+@pytest.fixture(scope="session")
+def medmcqa_rows(kit) -> list[dict]:
+    return [json.loads(line) for line in (kit / "data" / "medmcqa.jsonl").open()]
+
+
+@pytest.fixture(scope="session")
+def vllm_scorer(moe_model, tmp_path_factory):
+    """One in-process vLLM engine (fp32, eager) with the routing-counter plugin."""
+    import os
+
+    os.environ["MOFE_CACHE_DIR"] = str(tmp_path_factory.mktemp("batch-cache"))
+    from mofe_serve.batch.backend_vllm import VllmScorer
+    from mofe_serve.batch.routing import load_domains
+    from mofe_serve.resolve import vllm_loadable_path
+
+    scorer = VllmScorer(str(vllm_loadable_path(moe_model)), dtype="float32")
+    scorer.domains = load_domains(moe_model, 4)
+    yield scorer
+    scorer.close()
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path

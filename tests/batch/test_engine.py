@@ -1,0 +1,113 @@
+"""vLLM offline scoring of a tiny MoFE Mixtral: agreement with transformers, routing shares."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mofe_serve.batch.config import BatchConfig
+from mofe_serve.batch.prompts import PromptBuilder
+from mofe_serve.batch.runner import run_batch
+from mofe_serve.batch.scoring import build_item, rank
+from mofe_serve.batch.tasks import parse_row
+
+from .conftest import write_jsonl
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+
+
+def _reference_loglikelihoods(model_dir: Path, items) -> list[list[float]]:
+    """Direct transformers fp32: one forward per option over context + continuation."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    with torch.inference_mode():
+        for item in items:
+            if item.single_token:  # one forward over the context scores every option
+                logits = model(torch.tensor([item.context])).logits[0, -1].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                out.append([float(logprobs[c[0]]) for c in item.continuations])
+                continue
+            lls = []
+            for cont in item.continuations:
+                ids = torch.tensor([item.context + cont])
+                logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+                start = len(item.context)
+                lls.append(sum(float(logprobs[start - 1 + k, t]) for k, t in enumerate(cont)))
+            out.append(lls)
+    return out
+
+
+def test_vllm_loglikelihoods_match_transformers(vllm_scorer, moe_model, medmcqa_rows):
+    builder = PromptBuilder("medmcqa")
+    questions = [parse_row("medmcqa", r, i + 1) for i, r in enumerate(medmcqa_rows[:28])]
+    tok = vllm_scorer.tokenizer
+    letters = [build_item(tok, builder.context(q), builder.continuations(q), vllm_scorer.max_len)
+               for q in questions]
+    # Option texts as continuations: several tokens each, the prompt_logprobs path.
+    texts = [build_item(tok, builder.context(q), [" " + o for o in q.options],
+                        vllm_scorer.max_len) for q in questions[:4]]
+    assert all(item.single_token for item in letters)
+    assert not any(item.single_token for item in texts)
+    items = letters + texts
+    got = vllm_scorer.score(items)
+    want = _reference_loglikelihoods(moe_model, items)
+    agree = 0
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=2e-3)
+        agree += rank(g, ["A"] * len(g)).prediction == rank(w, ["A"] * len(w)).prediction
+    assert agree == len(items)
+
+
+def test_run_batch_writes_rows_reports_and_routing_shares(vllm_scorer, medmcqa_rows, tmp_path):
+    rows = medmcqa_rows[:30] + [{**medmcqa_rows[0], "id": "bad", "cop": 9}]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "res.jsonl"
+    cfg = BatchConfig(model="tiny-moe", task="medmcqa", input=src, output=out,
+                      chunk_size=4, report_png=True, progress=False, dtype="float32")
+    report = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in results) == sorted(r["id"] for r in medmcqa_rows[:30])
+    assert report["skipped"]["count"] == 1 and report["scored_this_run"] == 30
+    domains = {"medical", "general"}
+    layers, top_k = 4, 2
+    for r in results:
+        assert set(r["expert_share"]) == domains
+        assert sum(r["expert_share"].values()) == pytest.approx(1.0)
+        assert r["correct"] == (r["prediction"] == r["gold"])
+    # Every scored prompt token was routed to top_k experts in every layer, and nothing else
+    # (the engine's warm-up and the sampled token are not counted).
+    routed = sum(sum(r["routed_tokens"].values()) for r in results)
+    assert routed == pytest.approx(layers * top_k * sum(r["num_tokens"] for r in results))
+    subjects = {r["subject_name"] for r in medmcqa_rows[:30]}
+    assert set(report["subjects"]) == subjects
+    for s, block in report["subjects"].items():
+        n = sum(1 for r in results if r["subject"] == s)
+        assert block["n"] == n and block["ci95"][0] <= block["acc"] <= block["ci95"][1]
+        assert sum(block["expert_share"].values()) == pytest.approx(1.0)
+    md = Path(str(out) + ".report.md").read_text()
+    assert "| subject | general | medical |" in md and "0-based" in md
+    assert Path(str(out) + ".report.png").read_bytes()[:4] == b"\x89PNG"
+    # A rerun resumes everything and scores nothing.
+    again = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
+    assert again["resumed"] == 30 and again["scored_this_run"] == 0
+    assert len(out.read_text().splitlines()) == 30
+
+
+def test_per_question_routing_is_exact_per_row(vllm_scorer, medmcqa_rows, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", medmcqa_rows[:6])
+    cfg = BatchConfig(model="tiny-moe", task="medmcqa", input=src, output=tmp_path / "o.jsonl",
+                      routing="question", progress=False)
+    report = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
+    assert report["routing_granularity"].startswith("per question")
+    rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(rows) == 6
+    shares = set()
+    for r in rows:  # each row's own delta: 4 layers x top-2 x its prompt tokens
+        assert sum(r["routed_tokens"].values()) == 4 * 2 * r["num_tokens"]
+        shares.add(round(r["expert_share"]["medical"], 6))
+    assert len(shares) > 1  # shares really are per question, not one chunk's

@@ -1,0 +1,68 @@
+"""REF resolution and the fused -> vLLM layout cache (no engine)."""
+
+from __future__ import annotations
+
+import pytest
+
+from model_registry.checkpoint import detect_layout, read_all_headers
+from mofe_serve.resolve import resolve_served_model, vllm_loadable_path
+
+from .tiny_mixtral import DOMAINS
+
+
+def test_fused_checkpoint_is_converted_once_into_the_cache(tiny_mixtral, tmp_path,
+                                                           monkeypatch):
+    monkeypatch.setenv("MOFE_CACHE_DIR", str(tmp_path))
+    assert detect_layout(read_all_headers(tiny_mixtral)) == "fused"
+    served = resolve_served_model(str(tiny_mixtral))
+    assert served.path.is_relative_to(tmp_path)
+    assert detect_layout(read_all_headers(served.path)) == "per_expert"
+    assert (served.path / "tokenizer.json").is_file()
+    assert served.names == [tiny_mixtral.name]
+    assert served.domains == DOMAINS
+    mtime = (served.path / "model.safetensors").stat().st_mtime_ns
+    assert vllm_loadable_path(tiny_mixtral) == served.path
+    assert (served.path / "model.safetensors").stat().st_mtime_ns == mtime  # reused
+
+
+def test_per_expert_checkpoint_is_served_in_place(tiny_mixtral, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOFE_CACHE_DIR", str(tmp_path / "cache"))
+    converted = vllm_loadable_path(tiny_mixtral)
+    assert vllm_loadable_path(converted) == converted
+
+
+def test_registered_ref_serves_as_name_at_version(tiny_mixtral, tmp_path, monkeypatch):
+    monkeypatch.setenv("MOFE_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("MOFE_CACHE_DIR", str(tmp_path / "cache"))
+    from model_registry.registry import Registry
+
+    with Registry() as registry:
+        info = registry.register(tiny_mixtral, "tiny-mofe", aliases=["prod"])
+    served = resolve_served_model("tiny-mofe@prod")
+    assert served.names == [f"tiny-mofe@{info.version}", "tiny-mofe@prod"]
+    assert served.domains == DOMAINS
+    assert detect_layout(read_all_headers(served.path)) == "per_expert"
+
+
+def test_unknown_ref_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOFE_REGISTRY", str(tmp_path / "registry"))
+    with pytest.raises(LookupError, match="nope"):
+        resolve_served_model("nope@3")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        resolve_served_model(str(tmp_path))
+
+
+def test_dense_checkpoint_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="model_type is 'llama'"):
+        resolve_served_model(str(tmp_path))
+
+
+def test_cli_reports_a_bad_ref_without_starting_an_engine(tmp_path):
+    from click.testing import CliRunner
+
+    from mofe_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "missing"), "--dtype", "float32"])
+    assert result.exit_code != 0
+    assert "config.json" in result.output

@@ -1,0 +1,61 @@
+"""Kill a real training process after a checkpoint, resume, and match an uninterrupted run."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from train_helpers import mofe, mofe_popen, train_args
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(kit, merged, mofe_ckpt: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "killed"
+    ckpt = Path(f"{out}.work") / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    proc = mofe_popen(*train_args(kit, merged, out), log=tmp_path / "run.log")
+    try:
+        while not ckpt.exists():
+            assert proc.poll() is None, (tmp_path / "run.log").read_text()
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: no cleanup handlers run
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0 and not out.exists()  # nothing looks finished
+
+    again = mofe(*train_args(kit, merged, out))
+    assert again.returncode == 1 and "--resume" in again.stderr  # refuses to silently restart
+
+    resumed = mofe(*train_args(kit, merged, out), "--resume")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from" in resumed.stdout
+    a = load_file(str(mofe_ckpt / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] - b[name]).abs().max().item() <= 1e-6, name
+
+
+def test_resume_refused_when_frozen_experts_changed(kit, merged, tmp_path: Path):
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "tampered"
+    first = mofe(*train_args(kit, merged, out, "training.max_steps=2", "training.save_every=2"))
+    assert first.returncode == 0, first.stderr
+    # fake an interrupted run: put the finished weights back as a Trainer checkpoint, with
+    # one expert tensor modified
+    ck = Path(f"{out}.work") / "checkpoints" / "checkpoint-2"
+    ck.mkdir(parents=True)
+    state = load_file(str(out / "model.safetensors"))
+    state["model.layers.1.block_sparse_moe.experts.2.w3.weight"] += 1e-3
+    save_file(state, str(ck / "model.safetensors"))
+    (ck / "trainer_state.json").write_text("{}")
+    shutil.rmtree(out)
+    proc = mofe(*train_args(kit, merged, out, "training.max_steps=2"), "--resume")
+    assert proc.returncode == 1
+    assert "refusing to resume" in proc.stderr and "expert 2 1.w3" in proc.stderr
