@@ -102,6 +102,7 @@ def mean_ci(xs: list[float]) -> tuple[float, float]:
 
 def microbenchmark(layers: int = 4, experts: int = 4, top_k: int = 2) -> dict[int, float]:
     import torch
+    from vllm.forward_context import ForwardContext, override_forward_context
 
     from mofe_serve.counters import RoutingCounters
 
@@ -114,13 +115,17 @@ def microbenchmark(layers: int = 4, experts: int = 4, top_k: int = 2) -> dict[in
         logits = torch.randn(tokens, experts)
         weights, ids = torch.topk(logits.softmax(-1), top_k)
         ids = ids.to(torch.int32)
-        for _ in range(50):
-            counters.record(0, ids, weights)
+        # As in the server: vLLM's forward context carries a (here all-False) padding mask.
+        ctx = ForwardContext(no_compile_layers={}, attn_metadata={}, slot_mapping={},
+                             is_padding=torch.zeros(tokens, dtype=torch.bool))
         n = 2000 if tokens <= 256 else 300
-        t0 = time.perf_counter()
-        for _ in range(n):
-            counters.record(0, ids, weights)
-        us = (time.perf_counter() - t0) / n * 1e6
+        with override_forward_context(ctx):
+            for _ in range(50):
+                counters.record(0, ids, weights)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                counters.record(0, ids, weights)
+            us = (time.perf_counter() - t0) / n * 1e6
         t0 = time.perf_counter()
         for _ in range(n):
             torch.topk(logits, top_k, dim=-1)[0].softmax(-1)
@@ -146,6 +151,10 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=512, help="built model: hidden size")
     ap.add_argument("--intermediate", type=int, default=1792, help="built model: expert FFN")
     ap.add_argument("--micro-only", action="store_true")
+    ap.add_argument("--baseline", choices=["stock", "mofe"], default="stock",
+                    help="'mofe': A/A check, the baseline is a second mofe serve")
+    ap.add_argument("--mofe-first", action="store_true",
+                    help="start mofe serve before the stock server (start-order check)")
     opts = ap.parse_args()
     if opts.micro_only:
         microbenchmark()
@@ -167,10 +176,13 @@ def main() -> None:
     flags += ["--enforce-eager"] if opts.eager else []
     servers = {}
     try:
-        servers["stock"] = StockServer(ckpt, work / "stock.log", flags)
-        servers["stock"].wait_ready()
-        servers["mofe"] = MofeServer(ckpt, work / "mofe.log", extra=flags)
-        servers["mofe"].wait_ready()
+        baseline = StockServer if opts.baseline == "stock" else (
+            lambda c, log, f: MofeServer(c, log, extra=f))
+        start = {"stock": lambda: baseline(ckpt, work / "stock.log", flags),
+                 "mofe": lambda: MofeServer(ckpt, work / "mofe.log", extra=flags)}
+        for name in (["mofe", "stock"] if opts.mofe_first else ["stock", "mofe"]):
+            servers[name] = start[name]()
+            servers[name].wait_ready()
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(ckpt)

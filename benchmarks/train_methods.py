@@ -48,6 +48,9 @@ def worker(args: argparse.Namespace) -> None:
             self.times.append(time.perf_counter() - self._t)
             self.cpu.append(time.process_time() - self._c)
 
+    import torch
+
+    torch.set_num_threads(args.threads)
     timer = StepTimer()
     out = Path(tempfile.mkdtemp(dir=args.work)) / f"run-{args.worker}"
     cfg = load_config(Path(args.kit) / "mofe.yaml", [
@@ -86,6 +89,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per worker; 1 keeps timings stable on a shared machine")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
@@ -119,7 +124,7 @@ def main() -> None:
 def run_worker(method: str, args: argparse.Namespace, kit: Path, merged: Path) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, "--work", args.work, "--kit", str(kit),
            "--merged", str(merged), "--steps", str(args.steps),
-           "--batch-size", str(args.batch_size)]
+           "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -134,7 +139,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
 
     full = next((r for r in results if r["method"] == "full"), None)
     table = Table(title=f"Training methods: hidden {args.hidden_size}, {args.layers} layers, "
-                        f"{args.experts} experts, {args.steps} steps x batch {args.batch_size}")
+                        f"{args.experts} experts, {args.steps} steps x batch {args.batch_size}, "
+                        f"{args.threads} thread(s), {args.rounds} rounds")
     for col in ("method", "trainable params", "median s/step", "median CPU s/step",
                 "peak RSS MB", "final eval loss", "s/step vs full", "CPU vs full", "RSS vs full"):
         table.add_column(col, justify="right")

@@ -57,8 +57,11 @@ def parse_vllm_args(argv: list[str]) -> Namespace:
 def run(args: Namespace, served: ServedModel, routing: RoutingOptions) -> None:
     import uvloop
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
+    from vllm.logger import configure_logging_from_args
 
+    # As vLLM's own server main(): spawn for workers, logging from --log-level etc.
     cli_env_setup()
+    configure_logging_from_args(args)
     uvloop.run(serve(args, served, routing))
 
 

@@ -127,10 +127,10 @@ def run_training(cfg: RunConfig, resume: bool = False, console=None,
         console.print(f"[yellow]skipped {n} malformed rows in {path}[/]")
     # fp32 weights for training: pure-bf16 AdamW drops small updates (FACTS.md); casting a
     # bf16/fp16 checkpoint to fp32 and back is exact, so frozen experts stay bit-identical.
-    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
-    if coef:
-        model.config.output_router_logits = True  # Mixtral adds coef * aux loss to the loss
-        model.config.router_aux_loss_coef = coef
+    # With output_router_logits Mixtral adds coef * load-balancing loss to the loss; the coef
+    # is read at construction, so it goes in as a config override here.
+    aux = {"output_router_logits": True, "router_aux_loss_coef": coef} if coef else {}
+    model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, **aux)
     model = apply_method(model, cfg.method, cfg.lora)
     check_frozen(model, cfg.method)
     total, trainable = param_counts(model)

@@ -30,10 +30,16 @@ class EndpointScorer:
         self.api_key = api_key or "EMPTY"
         self.timeout = timeout
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
-        self.model = model or OpenAI(base_url=self.base_url, api_key=self.api_key,
-                                     timeout=timeout).models.list().data[0].id
+        models = OpenAI(base_url=self.base_url, api_key=self.api_key,
+                        timeout=timeout).models.list().data
+        served = next((m for m in models if m.id == model), models[0] if models else None)
+        if served is None:
+            raise ValueError(f"{endpoint}: the server lists no models")
+        self.model = model or served.id
+        # vLLM's /v1/models says the context length; other servers fall back to the option
+        limit = getattr(served, "max_model_len", None) or max_model_len
         self.concurrency = max(1, concurrency)
-        self.max_len = max_model_len - 1
+        self.max_len = min(limit, max_model_len) - 1
         self.max_tokens = 0  # falls back to 1 for servers that refuse echo-only requests
 
     def routing_snapshot(self):

@@ -35,7 +35,7 @@ def make_scorer(cfg: BatchConfig, engine_path: str, source: Path | None):
         tokenizer = str(source) if source is not None else engine_path
         return EndpointScorer(cfg.endpoint, tokenizer, api_key=cfg.api_key,
                               model=cfg.served_model, concurrency=cfg.concurrency,
-                              max_model_len=cfg.max_model_len or 2048)
+                              max_model_len=cfg.max_model_len or 1 << 30)
     if cfg.backend == "hf":
         from .backend_hf import HfScorer
 

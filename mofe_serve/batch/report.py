@@ -81,6 +81,10 @@ def to_markdown(report: dict) -> str:
              f"- throughput: {report['throughput_qps']:.2f} questions/s "
              f"({report['scoring_seconds']:.1f} s after load, {report['engine_seconds']:.1f} s of it in "
              f"the engine; {report['load_seconds']:.1f} s model load)"]
+    if report.get("interrupted"):
+        lines.append("- **interrupted** (Ctrl-C): rerun the same command to finish")
+    if report.get("truncated_prompts"):
+        lines.append(f"- {report['truncated_prompts']} prompts left-truncated to the context")
     if report.get("cop_base") is not None:
         lines.append(f"- MedMCQA `cop` convention: {report['cop_base']}-based "
                      f"({report['cop_base_reason']})")

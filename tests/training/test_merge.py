@@ -81,10 +81,20 @@ def test_duplicate_expert_and_existing_output(kit: Path, merged: Path, tmp_path:
         merge_experts(_merge_cfg(kit), merged)
 
 
-def test_cheap_embed_and_random_gate_modes(kit: Path, tmp_path: Path):
+def test_cheap_embed_and_random_gate_modes_via_cli(kit: Path, tmp_path: Path):
+    from click.testing import CliRunner
+
+    from training.cli import merge_cli
+
     for mode in ("cheap_embed", "random"):
-        m = merge_experts(_merge_cfg(kit, f"merge.gate_mode={mode}"), tmp_path / mode)
+        result = CliRunner().invoke(merge_cli, [str(kit / "mofe.yaml"), str(tmp_path / mode),
+                                                "--set", f"merge.gate_mode={mode}"])
+        assert result.exit_code == 0, result.output
+        m = Manifest.load(tmp_path / mode)
         assert m.merge.gate_mode == mode and vllm_loadable(tmp_path / mode)
+    routers = [read_all_headers(tmp_path / mode)["model.layers.1.block_sparse_moe.gate.weight"]
+               for mode in ("cheap_embed", "random")]
+    assert routers[0].shape == routers[1].shape == (4, 128)
 
 
 def test_convert_cli_writes_vllm_layout(merged: Path, tmp_path: Path):

@@ -90,6 +90,25 @@ def test_generates_text_in_transformers(mofe_ckpt: Path):
     assert len(new) >= 1 and tok.decode(new, skip_special_tokens=True).strip()
 
 
-def test_existing_output_and_stale_work_dir_are_refused(mofe_ckpt: Path, kit, merged):
-    proc = mofe(*train_args(kit, merged, mofe_ckpt))
-    assert proc.returncode == 1 and "already exists" in proc.stderr
+def test_existing_output_is_refused(mofe_ckpt: Path, kit, merged):
+    before = (mofe_ckpt / "mofe.json").read_bytes()
+    result = CliRunner().invoke(train_cli, train_args(kit, merged, mofe_ckpt)[1:])
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert (mofe_ckpt / "mofe.json").read_bytes() == before
+
+
+def test_router_aux_loss_trains_and_is_recorded(kit, merged, mofe_ckpt, tmp_path: Path):
+    out = tmp_path / "aux"
+    result = CliRunner().invoke(train_cli, train_args(
+        kit, merged, out, "training.router_aux_loss_coef=0.02", "training.max_steps=2")[1:])
+    assert result.exit_code == 0, result.output
+    m = Manifest.load(out)
+    assert m.training.config["training"]["router_aux_loss_coef"] == 0.02
+    assert json.loads((out / "config.json").read_text())["output_router_logits"] is False
+
+    def first_loss(ckpt: Path) -> float:
+        rows = [json.loads(line) for line in (ckpt / "metrics.jsonl").open()]
+        return next(r["loss"] for r in rows if r["step"] == 1 and "loss" in r)
+
+    # same seed, data and first batch: the only difference at step 1 is coef * aux loss
+    assert first_loss(out) > first_loss(mofe_ckpt) + 1e-3
