@@ -50,8 +50,9 @@ def _tensor(ckpt: Path, name: str) -> bytes:
 
 def test_full_finetune_is_rejected_by_verify(kit: Path, merged: Path, tmp_path: Path):
     out = tmp_path / "full"
-    proc = mofe(*train_args(kit, merged, out, "method=full", "training.max_steps=3"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = CliRunner().invoke(train_cli, train_args(kit, merged, out, "method=full",
+                                                      "training.max_steps=3")[1:])
+    assert result.exit_code == 0, result.output
     proc = mofe("verify", str(out))
     assert proc.returncode != 0
     named = re.findall(r"expert (\d) \((?:medical|general)\) layer (\d) (w[123]): checkpoint "
