@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ API_KEY = "demo-key"
 console = Console()
 ENV = {**os.environ, "MOFE_REGISTRY": str(OUT / "registry"), "HF_HUB_OFFLINE": "1",
        "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-       "TOKENIZERS_PARALLELISM": "false"}
+       "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 def step(title: str, *args: str) -> str:
@@ -64,11 +65,22 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     raise SystemExit("server did not become ready in time")
 
 
-def routing_report(base_url: str) -> dict:
+def fresh_routing(base_url: str, after: float, timeout: float = 30) -> dict:
+    """The first /v1/routing snapshot read from the worker after `after` (unix time): the
+    server polls the counters every second, so the newest requests show up within ~1 s."""
     req = urllib.request.Request(base_url + "/v1/routing",
                                  headers={"Authorization": f"Bearer {API_KEY}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        routing = json.loads(r.read())
+    deadline = time.time() + timeout
+    while True:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            routing = json.loads(r.read())
+        if routing["updated_at"] > after or time.time() > deadline:
+            return routing
+        time.sleep(0.3)
+
+
+def routing_report(base_url: str) -> dict:
+    routing = fresh_routing(base_url, time.time())
     domains = json.loads((OUT / "checkpoint" / "mofe.json").read_text())["experts"]
     labels = [f"{e['index']}:{e['domain']}" for e in sorted(domains, key=lambda e: e["index"])]
     table = Table(title=f"expert share per layer ({routing['model']}, top-{routing['top_k']})")
@@ -101,9 +113,26 @@ def routing_report(base_url: str) -> dict:
     return routing
 
 
+def leftover_processes(group: int, grace: float = 20) -> list[str]:
+    """Processes still in the server's process group after `grace` seconds (engine core,
+    workers and resource trackers exit a moment after the API server)."""
+    deadline = time.time() + grace
+    while True:
+        out = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True)
+        if not out.stdout.strip() or time.time() > deadline:
+            return out.stdout.split()
+        time.sleep(0.5)
+
+
 def main() -> None:
     started = time.perf_counter()
+    marker = OUT / ".mofe-demo"
+    if marker.exists():  # a previous demo's output: start clean
+        shutil.rmtree(OUT)
+    elif OUT.exists() and any(OUT.iterdir()):
+        raise SystemExit(f"{OUT} is not empty and not a demo output; set MOFE_DEMO_OUT")
     OUT.mkdir(parents=True, exist_ok=True)
+    marker.touch()
     kit = OUT / "kit"
     step("1. tiny expert kit", "dev", "tiny-experts", str(kit), "--overwrite")
     step("2. merge + frozen-FFN instruction tuning", "train", str(kit / "mofe.yaml"),
@@ -138,7 +167,12 @@ def main() -> None:
         routing_report(base_url)
         step("8. batch MedMCQA sample", "batch", "tiny-mofe@prod", "--task", "medmcqa",
              "--input", str(kit / "data" / "medmcqa.jsonl"), "--output", str(OUT / "qa.jsonl"),
-             "--endpoint", base_url + "/v1", "--api-key", API_KEY, "--report-png")
+             "--report-png", "--no-progress")
+        # Offline engine (the default): routing is attributed per subject, unlike on a
+        # shared server. The report says whether medical subjects reach medical experts.
+        from rich.markdown import Markdown
+
+        console.print(Markdown((OUT / "qa.jsonl.report.md").read_text()))
     finally:
         console.rule("[bold]9. shutdown")
         server.send_signal(signal.SIGTERM)
@@ -148,14 +182,14 @@ def main() -> None:
             os.killpg(server.pid, signal.SIGKILL)
             raise SystemExit("server did not stop within 60 s after SIGTERM") from None
         log.close()
-        leftover = subprocess.run(["pgrep", "-g", str(server.pid)], capture_output=True, text=True)
-        console.print("no process left" if not leftover.stdout.strip()
-                      else f"[red]left over: {leftover.stdout.split()}")
+        console.print("no process left" if not leftover_processes(server.pid)
+                      else f"[red]left over: {leftover_processes(server.pid)}")
     console.rule("[bold]artifacts")
     for what, path in [("kit", kit), ("checkpoint", OUT / "checkpoint"),
                        ("registry", OUT / "registry"), ("routing plot", OUT / "routing.png"),
                        ("batch predictions", OUT / "qa.jsonl"),
-                       ("batch report", OUT / "qa.report.md"), ("server log", OUT / "server.log")]:
+                       ("batch report", OUT / "qa.jsonl.report.md"),
+                       ("batch report plot", OUT / "qa.jsonl.report.png"), ("server log", OUT / "server.log")]:
         console.print(f"{what:18} {path}")
     console.print(f"[bold green]demo finished in {time.perf_counter() - started:.0f}s")
 
