@@ -18,6 +18,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,7 @@ class StockServer(MofeServer):
         self._log_fh = open(log, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
-             "--model", str(ckpt), "--port", str(self.port), *extra],
+             "--model", str(ckpt), "--host", "127.0.0.1", "--port", str(self.port), *extra],
             stdout=self._log_fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
@@ -153,6 +154,8 @@ def main() -> None:
     ap.add_argument("--micro-only", action="store_true")
     ap.add_argument("--baseline", choices=["stock", "mofe"], default="stock",
                     help="'mofe': A/A check, the baseline is a second mofe serve")
+    ap.add_argument("--mofe-arg", action="append", default=[],
+                    help="extra option for mofe serve only, e.g. --mofe-arg=--routing-poll-interval=10")
     ap.add_argument("--mofe-first", action="store_true",
                     help="start mofe serve before the stock server (start-order check)")
     opts = ap.parse_args()
@@ -179,7 +182,8 @@ def main() -> None:
         baseline = StockServer if opts.baseline == "stock" else (
             lambda c, log, f: MofeServer(c, log, extra=f))
         start = {"stock": lambda: baseline(ckpt, work / "stock.log", flags),
-                 "mofe": lambda: MofeServer(ckpt, work / "mofe.log", extra=flags)}
+                 "mofe": lambda: MofeServer(ckpt, work / "mofe.log",
+                                            extra=flags + opts.mofe_arg)}
         for name in (["mofe", "stock"] if opts.mofe_first else ["stock", "mofe"]):
             servers[name] = start[name]()
             servers[name].wait_ready()
@@ -190,14 +194,23 @@ def main() -> None:
         rng = random.Random(opts.seed)
         prompts = [[rng.randrange(10, vocab) for _ in range(opts.in_tokens)]
                    for _ in range(opts.requests)]
-        for name in servers:  # warm-up
-            asyncio.run(drive(servers[name].base_url, "bench", prompts[:16], 16, 8))
+        for name in servers:  # warm-up: one full run each (the first full run is slower)
+            asyncio.run(drive(servers[name].base_url, "bench", prompts, opts.concurrency,
+                              opts.out_tokens))
         results = {"stock": [], "mofe": []}
         for i in range(opts.pairs):
             order = ["stock", "mofe"] if i % 2 == 0 else ["mofe", "stock"]
             for name in order:
-                r = asyncio.run(drive(servers[name].base_url, "bench", prompts,
-                                      opts.concurrency, opts.out_tokens))
+                # Freeze the other server while this one is measured: every vLLM CPU worker
+                # is pinned to the same core, and an idle engine woken by the routing poller
+                # (an RPC per second) spins on its queue and steals that core.
+                other = servers["mofe" if name == "stock" else "stock"]
+                os.killpg(other.proc.pid, signal.SIGSTOP)
+                try:
+                    r = asyncio.run(drive(servers[name].base_url, "bench", prompts,
+                                          opts.concurrency, opts.out_tokens))
+                finally:
+                    os.killpg(other.proc.pid, signal.SIGCONT)
                 results[name].append(r)
                 print(f"pair {i} {name:5s} {r['tok_s']:7.1f} tok/s  TTFT p50 "
                       f"{r['ttft_p50']:.3f}s p99 {r['ttft_p99']:.3f}s  ITL(TPOT) p50 "

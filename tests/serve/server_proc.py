@@ -46,7 +46,7 @@ class MofeServer:
         except psutil.NoSuchProcess:
             pass
 
-    def wait_ready(self, timeout: float = 300) -> None:
+    def wait_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -61,11 +61,13 @@ class MofeServer:
             except OSError:
                 pass
             time.sleep(1)
+        tail = self.log_tail()
         self.stop()
-        raise TimeoutError(f"mofe serve not healthy after {timeout}s:\n{self.log_tail()}")
+        raise TimeoutError(f"server not healthy after {timeout}s:\n{tail}")
 
     def log_tail(self, n: int = 60) -> str:
-        self._log_fh.flush()
+        if not self._log_fh.closed:
+            self._log_fh.flush()
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
     def stop(self, timeout: float = 90) -> list[str]:
