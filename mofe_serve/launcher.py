@@ -96,7 +96,7 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
 
     from .auth import use_openai_auth_errors
     from .metrics import RoutingCollector
-    from .routing.api_router import attach_router
+    from .routing.api_router import RequestActivity, attach_router
     from .routing.poller import RoutingPoller
     from .routing.serving import ServingRouting
     from .routing.state import RoutingState
@@ -111,6 +111,7 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     state = RoutingState(hf_config.num_hidden_layers, hf_config.num_local_experts,
                          hf_config.num_experts_per_tok)
     poller = RoutingPoller(engine_client, state, interval_s=routing.poll_interval_s)
+    app.add_middleware(RequestActivity, on_activity=poller.note_activity)
     await poller.start()
     app.state.mofe_routing = ServingRouting(served.names[0], served.domains, state, poller)
     collector = RoutingCollector(served.names[0], served.domains, state.snapshot,

@@ -39,3 +39,25 @@ async def reset_routing(request: Request):
 
 def attach_router(app: FastAPI) -> None:
     app.include_router(router)
+
+
+# Requests that never reach the engine: they do not wake the routing poller.
+_QUIET_PATHS = frozenset({"/health", "/ping", "/metrics", "/version", "/v1/models",
+                          "/v1/routing", "/load"})
+
+
+class RequestActivity:
+    """Pure ASGI middleware (no BaseHTTPMiddleware: it would buffer streams and hide client
+    disconnects) that tells the routing poller when a request starts and ends."""
+
+    def __init__(self, app, on_activity):
+        self.app, self.on_activity = app, on_activity
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in _QUIET_PATHS:
+            return await self.app(scope, receive, send)
+        self.on_activity()
+        try:
+            return await self.app(scope, receive, send)
+        finally:
+            self.on_activity()

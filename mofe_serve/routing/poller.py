@@ -4,6 +4,13 @@
 long prefill; it runs here, on its own task, never on an inference request's path.
 Staleness bound: a snapshot is at most `interval_s` + one engine step (+ RPC round trip)
 old; `RoutingSnapshot.taken_at` says when its RPC was sent.
+
+Idle servers are not polled: vLLM's CPU worker busy-spins for 1 s after every message it
+reads (shm_broadcast's SpinCondition), so a read every second would keep one core at 100%
+on an idle server. The poller reads only while the engine has unfinished requests, once
+after it drains, and after any HTTP request (`note_activity`, from an ASGI middleware);
+otherwise the counts cannot have changed. A heartbeat read every `idle_poll_s` bounds
+`taken_at`'s age on an idle server.
 """
 
 from __future__ import annotations
@@ -22,10 +29,19 @@ ENABLE_RPC = "mofe_routing_enable"
 
 class RoutingPoller:
     def __init__(self, engine_client, state: RoutingState, interval_s: float = 1.0,
-                 rpc_timeout_s: float = 60.0):
+                 rpc_timeout_s: float = 60.0, idle_poll_s: float = 30.0):
         self.engine_client, self.state = engine_client, state
         self.interval_s, self.rpc_timeout_s = interval_s, rpc_timeout_s
+        self.idle_poll_s = max(idle_poll_s, interval_s)
+        self.activity = 0  # bumped at the start and end of every HTTP request
         self._task: asyncio.Task | None = None
+
+    def note_activity(self) -> None:
+        self.activity += 1
+
+    def _engine_busy(self) -> bool:
+        unfinished = getattr(self.engine_client, "get_num_unfinished_requests", None)
+        return True if unfinished is None else unfinished() > 0
 
     async def read_worker(self) -> tuple[dict, float]:
         """One fresh read of the worker counters (rank 0: every TP rank counts the same)."""
@@ -44,8 +60,14 @@ class RoutingPoller:
                                                             name="mofe-routing-poller")
 
     async def _run(self) -> None:
+        seen, was_busy, last_read = self.activity, False, time.monotonic()
         while True:
             await asyncio.sleep(self.interval_s)
+            busy = self._engine_busy()
+            if (self.activity == seen and not busy and not was_busy
+                    and time.monotonic() - last_read < self.idle_poll_s):
+                continue  # idle since the last read: counts cannot have changed
+            seen, was_busy, last_read = self.activity, busy, time.monotonic()
             try:
                 snapshot, sent_at = await self.read_worker()
                 self.state.update(snapshot, taken_at=sent_at)
