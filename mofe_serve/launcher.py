@@ -88,6 +88,7 @@ async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions) -
 
 async def _build_and_serve(engine_client, listen_address, sock, args, served, routing):
     import prometheus_client
+    from starlette.middleware import Middleware
     from vllm import envs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
     from vllm.entrypoints.launchers.app import build_app
@@ -111,7 +112,9 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     state = RoutingState(hf_config.num_hidden_layers, hf_config.num_local_experts,
                          hf_config.num_experts_per_tok)
     poller = RoutingPoller(engine_client, state, interval_s=routing.poll_interval_s)
-    app.add_middleware(RequestActivity, on_activity=poller.note_activity)
+    # build_app already built the middleware stack: insert ours and rebuild on first request.
+    app.user_middleware.insert(0, Middleware(RequestActivity, on_activity=poller.note_activity))
+    app.middleware_stack = None
     await poller.start()
     app.state.mofe_routing = ServingRouting(served.names[0], served.domains, state, poller)
     collector = RoutingCollector(served.names[0], served.domains, state.snapshot,

@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 
 def test_compiled_engine_counts_exactly_and_shuts_down_cleanly(tiny_mixtral, tmp_path):
-    server = MofeServer(tiny_mixtral, tmp_path / "compiled.log", api_key="k2",
+    # No --api-key here (the session server has one): both app set-ups are exercised.
+    server = MofeServer(tiny_mixtral, tmp_path / "compiled.log", api_key=None,
                         extra=["--routing-metrics-summed", *ENGINE_ARGS],
                         env={"MOFE_CACHE_DIR": str(tmp_path / "cache")})
     try:
@@ -26,7 +27,7 @@ def test_compiled_engine_counts_exactly_and_shuts_down_cleanly(tiny_mixtral, tmp
         # Profiling, compile and warm-up forwards ran thousands of dummy tokens: none counted.
         fresh = scrape(server)["mofe_expert_tokens"]
         assert fresh and all(s.value == 0 for s in fresh)
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k2", max_retries=0)
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
         name = client.models.list().data[0].id
         assert name == tiny_mixtral.name
         reset_routing(server)
