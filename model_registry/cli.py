@@ -16,11 +16,14 @@ from .refs import LATEST
 def _registry(ctx: click.Context):
     from .registry import Registry  # lazily: `--help` stays instant
 
-    root_ctx = ctx.find_root()
-    obj = root_ctx.ensure_object(dict)
+    # The registry group's dict (holding --registry), not the root's: under `mofe` the root
+    # context is the `mofe` group, which knows nothing of --registry.
+    obj = ctx.find_object(dict)
+    if obj is None:
+        obj = ctx.ensure_object(dict)
     if "registry" not in obj:
         obj["registry"] = Registry(obj.get("root"))
-        root_ctx.call_on_close(obj["registry"].close)
+        ctx.find_root().call_on_close(obj["registry"].close)
     return obj["registry"]
 
 

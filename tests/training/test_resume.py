@@ -33,6 +33,8 @@ def test_killed_run_resumes_to_the_same_weights(kit, merged, mofe_ckpt: Path, tm
     resumed = mofe(*train_args(kit, merged, out), "--resume")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from" in resumed.stdout
+    verified = mofe("verify", str(out))  # experts still bit-identical to their sources
+    assert verified.returncode == 0, verified.stdout + verified.stderr
     a = load_file(str(mofe_ckpt / "model.safetensors"))
     b = load_file(str(out / "model.safetensors"))
     assert a.keys() == b.keys()
