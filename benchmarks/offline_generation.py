@@ -6,7 +6,9 @@ Same checkpoint (a random Mixtral, 6 layers, hidden 512, 4 experts, top-2, bf16 
 --model is given), batch sizes 1, 8 and 32, prompts of mixed lengths (16-128 random token
 ids, seeded), exactly 64 new tokens each (EOS ignored). Runs are alternated A/B per batch
 size, --pairs times, and the script prints tokens/s per side, the median ratio and its
-spread. Both sides run in this process tree on the same cores.
+spread. vLLM's CPU worker computes with one pinned thread, so transformers gets one torch
+thread too by default (`--hf-threads`): like for like, and far less sensitive to other load
+on a 2-core machine than two OpenMP threads.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path)
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--hf-threads", type=int, default=1)
     args = ap.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
@@ -79,6 +82,7 @@ def main() -> None:
     llm = LLM(str(model_dir), dtype="bfloat16", enforce_eager=True, seed=0,
               hf_overrides={"architectures": ["MoFEMixtralForCausalLM"]},
               enable_prefix_caching=False, max_num_seqs=32)
+    torch.set_num_threads(args.hf_threads)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     vocab = hf.config.vocab_size
     pad_id = hf.config.pad_token_id or 0
