@@ -160,7 +160,13 @@ def test_pod_lifecycle(pod):
             break
         time.sleep(1)
     assert wanted and not wanted - names, f"not on /metrics: {sorted(wanted - names)}"
-    routing = _get(port, "/v1/routing", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+    # Counts reach the API server with the next poll after the request (about a second).
+    deadline = time.monotonic() + 30
+    while True:
+        routing = _get(port, "/v1/routing", headers={"Authorization": f"Bearer {API_KEY}"}).json()
+        if sum(routing["tokens"][0]) > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert sum(routing["tokens"][0]) > 0, json.dumps(routing)
 
     # Termination: after preStop, SIGTERM; the pod must be gone before the grace period ends.
