@@ -42,9 +42,10 @@ MOFE_METRICS = {
     # Seconds since the server last read the worker's routing counters (stale-data alert).
     "mofe_routing_snapshot_age_seconds": ("gauge", {"model"}),
 }
-# Probe and scrape paths must be among these routes of `mofe serve` (issue 5).
 # Grafana's built-in variables, replaced before parsing dashboard PromQL.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m"}
+# Routes of `mofe serve` that probes, scrapes, scripts and docs of deploy/ use: the real app
+# must have every one of them (test_deploy_probes checks app.routes).
 SERVE_ROUTES = {"/health", "/v1/models", "/metrics", "/v1/routing", "/v1/chat/completions",
                 "/v1/completions", "/tokenize"}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import kubernetes_validate as kv
 import pytest
 from deploy_support import (
     JOBS,
@@ -22,7 +23,6 @@ CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "ScaledObject", "PrometheusRule"
 
 
 def test_every_overlay_validates_strictly(rendered):
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed")
     checked = 0
     for name, objs in rendered.items():
         for obj in objs:
@@ -39,7 +39,6 @@ def test_every_overlay_validates_strictly(rendered):
 
 def test_strict_validation_rejects_a_typo(rendered):
     """The validator is really strict: an unknown field in a container fails."""
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed")
     deployment = one(rendered["cpu-dev"], "Deployment", "mofe-serve")
     broken = {**deployment, "spec": {**deployment["spec"]}}
     broken["spec"]["template"] = {"metadata": {}, "spec": {
