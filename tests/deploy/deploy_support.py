@@ -17,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
-# Kubernetes version the manifests are validated against (kubectl here is v1.32).
+# Kubernetes version the manifests are validated against (kubernetes-validate schemas).
 K8S_VERSION = "1.32.0"
 OVERLAYS = {
     "cpu-dev": K8S / "overlays" / "cpu-dev",
