@@ -14,7 +14,8 @@ OUT = Path(__file__).with_name("mofe-routing.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}  # never a hard-coded uid
 MOFE = 'model=~"$model", namespace=~"$namespace"'
 VLLM = 'namespace=~"$namespace"'  # vLLM's own label is model_name (the served name)
-RATE = "[$__rate_interval]"
+WINDOW = "$__rate_interval"
+RATE = f"[{WINDOW}]"
 
 
 def target(expr: str, legend: str = "", ref: str = "A", **extra) -> dict:
@@ -31,11 +32,18 @@ def quantiles(metric: str) -> list[dict]:
                    f"p{int(q * 100)}", ref) for q, ref in ((0.5, "A"), (0.9, "B"), (0.99, "C"))]
 
 
+def thresholds(steps: list[tuple[str, float | None]]) -> dict:
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for c, v in steps]}
+
+
 def gauge(title: str, expr: str, steps: list[tuple[str, float | None]], unit: str) -> dict:
-    thresholds = {"mode": "absolute",
-                  "steps": [{"color": c, "value": v} for c, v in steps]}
-    return panel("gauge", title, [target(expr)], 6, 6, fieldConfig={"defaults": {
-        "min": 0, "max": 1, "unit": unit, "thresholds": thresholds}, "overrides": []})
+    return panel("gauge", title, [target(expr)], 5, 6, fieldConfig={"defaults": {
+        "min": 0, "max": 1, "unit": unit, "thresholds": thresholds(steps)}, "overrides": []})
+
+
+def stat(title: str, expr: str, steps: list[tuple[str, float | None]], unit: str, w: int) -> dict:
+    return panel("stat", title, [target(expr)], w, 6, fieldConfig={"defaults": {
+        "unit": unit, "thresholds": thresholds(steps)}, "overrides": []})
 
 
 def series(title: str, targets: list[dict], unit: str, w: int = 12, stack: bool = False) -> dict:
@@ -48,10 +56,25 @@ def row(title: str) -> dict:
     return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": 24, "h": 1}}
 
 
-def share_by_layer() -> str:
-    tokens = f"rate(mofe_expert_tokens_total{{{MOFE}}}{RATE})"
-    return (f"sum by (layer, expert) ({tokens}) / on (layer) group_left "
-            f"sum by (layer) ({tokens})")
+# Every routing panel is built from rate()/increase() over the monotonic counters. The window
+# gauges (mofe_routing_entropy, mofe_expert_share_*, mofe_experts_idle) restart on every
+# POST /v1/routing/reset, which any API-key holder may send: nothing here reads them.
+def expert_share(window: str, fn: str = "rate") -> str:
+    """Each expert's share of its layer's routed slots over `window`, summed over pods.
+
+    A layer without traffic gives 0/0 = NaN shares, which every comparison drops."""
+    tokens = f"{fn}(mofe_expert_tokens_total{{{MOFE}}}[{window}])"
+    return (f"sum by (model, layer, expert) ({tokens}) / on (model, layer) group_left "
+            f"sum by (model, layer) ({tokens})")
+
+
+def routing_entropy(window: str) -> str:
+    """Entropy of the expert shares over `window`, normalized by ln(experts): 1 = uniform.
+
+    Experts with share 0 add 0 (p ln p -> 0) and are dropped before ln()."""
+    share = expert_share(window)
+    return (f"-sum by (model, layer) (({share} > 0) * ln({share} > 0)) / on (model, layer) "
+            f"ln(count by (model, layer) ({share}) > 1)")
 
 
 def panels() -> list[dict]:
@@ -59,18 +82,24 @@ def panels() -> list[dict]:
     domain_range = f"increase(mofe_expert_tokens_total{{{MOFE}}}[$__range])"
     return [
         row("Routing balance"),
-        gauge("Routing entropy (lowest layer, 1 = uniform)", f"min(mofe_routing_entropy{{{MOFE}}})",
+        gauge("Routing entropy (lowest layer, 1 = uniform)", f"min({routing_entropy(WINDOW)})",
               [("red", None), ("orange", 0.6), ("green", 0.8)], "percentunit"),
-        gauge("Max expert share (hottest layer)", f"max(mofe_expert_share_max{{{MOFE}}})",
+        gauge("Max expert share (hottest layer)", f"max({expert_share(WINDOW)})",
               [("green", None), ("orange", 0.5), ("red", 0.75)], "percentunit"),
-        gauge("Min expert share (coldest layer)", f"min(mofe_expert_share_min{{{MOFE}}})",
+        gauge("Min expert share (coldest layer)", f"min({expert_share(WINDOW)})",
               [("red", None), ("orange", 0.02), ("green", 0.05)], "percentunit"),
-        panel("stat", "Idle experts (summed over layers)",
-              [target(f"sum(max by (model, layer) (mofe_experts_idle{{{MOFE}}}))")], 6, 6,
-              fieldConfig={"defaults": {"unit": "short", "thresholds": {"mode": "absolute", "steps": [
-                  {"color": "green", "value": None}, {"color": "red", "value": 1}]}}, "overrides": []}),
+        # An expert that got no token over the range while its layer had traffic.
+        stat("Idle experts (dashboard range, all layers)",
+             f"count({expert_share('$__range', 'increase')} == 0) or vector(0)",
+             [("green", None), ("red", 1)], "short", 5),
+        # Seconds since the server last read the engine's routing counters (an idle server
+        # reads them every 30 s): past a minute or two, the panels above show frozen data.
+        stat("Routing data age (oldest pod)",
+             f"max(mofe_routing_snapshot_age_seconds{{{MOFE}}})",
+             [("green", None), ("orange", 60), ("red", 120)], "s", 4),
         row("Expert routing"),
-        panel("heatmap", "Expert share per layer", [target(share_by_layer(), "L{{layer}} E{{expert}}")],
+        panel("heatmap", "Expert share per layer",
+              [target(expert_share(WINDOW), "L{{layer}} E{{expert}}")],
               24, 10, options={"calculate": False, "yAxis": {"axisPlacement": "left"},
                                "color": {"mode": "scheme", "scheme": "Oranges", "min": 0},
                                "cellValues": {"unit": "percentunit"},
@@ -86,8 +115,7 @@ def panels() -> list[dict]:
         series("Gate weight per expert (/s)", [target(
             f"sum by (expert, domain) (rate(mofe_expert_gate_weight_total{{{MOFE}}}{RATE}))",
             "expert {{expert}} ({{domain}})")], "short", w=8),
-        series("Routing entropy per layer", [target(
-            f"avg by (layer) (mofe_routing_entropy{{{MOFE}}})", "layer {{layer}}")],
+        series("Routing entropy per layer", [target(routing_entropy(WINDOW), "layer {{layer}}")],
             "percentunit", w=8),
         row("vLLM serving"),
         series("Throughput (tokens/s)", [

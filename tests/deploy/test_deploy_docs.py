@@ -48,3 +48,11 @@ def test_secret_command_matches_the_secret_reference(rendered):
         server = pod_spec(one(objs, "Deployment", "mofe-serve"))["containers"][0]
         ref = next(e for e in server["env"] if e["name"] == "MOFE_API_KEY")["valueFrom"]
         assert (namespace, ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]) in made
+
+
+def test_every_alert_is_documented(rendered):
+    alerts = {r["alert"] for o in find(rendered["gpu"], "PrometheusRule")
+              for g in o["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert "MofeRoutingDataStale" in alerts
+    missing = {a for a in alerts if f"`{a}`" not in _text()}
+    assert not missing, f"docs/deploy.md does not describe {sorted(missing)}"

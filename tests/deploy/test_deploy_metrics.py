@@ -1,17 +1,24 @@
 """Every metric the manifests and the dashboard query exists, with the labels used.
 
 Known names come from the real exporters: vLLM's metric definitions in the installed vLLM
-source, and mofe_serve.metrics' collector fed real routing counts (the issue's contract list
-when mofe_serve is not importable). PromQL is parsed with a real PromQL parser.
+source, and mofe_serve.metrics' collector fed real routing counts. PromQL is parsed with a
+real PromQL parser. No alert, recording rule, autoscaler or panel may read a series whose value
+moves when someone calls POST /v1/routing/reset: which series those are is found by resetting a
+real RoutingState, not from a list.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
+import math
 import re
+import time
 
+import promql_parser as promql
 import pytest
+import yaml
 from deploy_support import (
     DEPLOY,
     K8S,
@@ -23,45 +30,72 @@ from deploy_support import (
     vllm_metrics,
 )
 
-promql = pytest.importorskip("promql_parser", reason="promql-parser not installed")
-yaml = pytest.importorskip("yaml")
-
 DASHBOARD = DEPLOY / "grafana" / "mofe-routing.json"
 VLLM_LABELS = {"model_name", "engine", "le"}
+
+
+# 2 layers, 4 experts, top-2: 10 tokens per layer -> 20 routed slots per layer.
+WORKER_COUNTS = {"tokens": [[9, 6, 5, 0], [5, 5, 5, 5]],
+                 "gate_weight": [[5.5, 2.5, 2.0, 0.0], [2.5, 2.5, 2.5, 2.5]]}
+DOMAINS = ["medical", "medical", "general", "general"]
+
+
+def scrape(state) -> dict[tuple[str, tuple], float]:
+    """(sample name, sorted labels) -> value, from /metrics text of the real collector."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mofe_serve.metrics import RoutingCollector
+
+    registry = CollectorRegistry()
+    registry.register(RoutingCollector("mofe-tiny@1", DOMAINS, state.snapshot))
+    text = generate_latest(registry).decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def routing_state(reset_window: bool, taken_at: float):
+    from mofe_serve.routing.state import RoutingState
+
+    state = RoutingState(num_layers=2, num_experts=4, top_k=2)
+    state.update(WORKER_COUNTS, taken_at=taken_at)
+    if reset_window:
+        state.reset_window(WORKER_COUNTS)  # what POST /v1/routing/reset does
+        state.update(WORKER_COUNTS, taken_at=taken_at)  # same counts, read at the same time
+    return state
 
 
 @pytest.fixture(scope="session")
 def mofe_series() -> dict[str, set[str]]:
     """Sample name -> label names, from /metrics text of the real routing collector."""
-    if importlib.util.find_spec("mofe_serve") is None:
-        pytest.skip("mofe_serve not importable")
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from mofe_serve.metrics import RoutingCollector
-    from mofe_serve.routing.state import RoutingState
-
-    # 2 layers, 4 experts, top-2: 10 tokens per layer -> 20 routed slots per layer.
-    state = RoutingState(num_layers=2, num_experts=4, top_k=2)
-    state.update({"tokens": [[9, 6, 5, 0], [5, 5, 5, 5]],
-                  "gate_weight": [[5.5, 2.5, 2.0, 0.0], [2.5, 2.5, 2.5, 2.5]]})
-    registry = CollectorRegistry()
-    registry.register(RoutingCollector("mofe-tiny@1", ["medical", "medical", "general",
-                                                       "general"], state.snapshot))
-    text = generate_latest(registry).decode()
     series: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            series.setdefault(sample.name, set()).update(sample.labels)
+    for name, labels in scrape(routing_state(False, time.time())):
+        series.setdefault(name, set()).update(k for k, _ in labels)
     return series
+
+
+@pytest.fixture(scope="session")
+def reset_window_series() -> set[str]:
+    """Sample names whose value changes when the routing window is reset, counts unchanged.
+
+    Two servers that read the same cumulative counts at the same moment; one of them got a
+    POST /v1/routing/reset. Whatever differs between their /metrics depends on the window."""
+    taken_at = time.time() - 100  # an age of 100 s on both; clocks move little between scrapes
+    plain, reset = (scrape(routing_state(r, taken_at)) for r in (False, True))
+    assert plain.keys() == reset.keys()
+    moved = {name for (name, labels), value in plain.items()
+             if not math.isclose(value, reset[(name, labels)], rel_tol=1e-3, abs_tol=1e-9)}
+    # The counters Prometheus rates over are monotonic: a reset must not move them.
+    assert not moved & {"mofe_expert_tokens_total", "mofe_expert_gate_weight_total",
+                        "mofe_routed_tokens_total"}, moved
+    return moved
 
 
 @pytest.fixture(scope="session")
 def known(mofe_series, request) -> dict[str, set[str] | None]:
     """Queryable name -> its labels (None: labels not checked)."""
     vllm = vllm_metrics()
-    if not vllm:
-        pytest.skip("vLLM is not installed: its metric names are unknown")
+    assert vllm, "no vllm:* metric found in the installed vLLM's source (vllm/v1/metrics)"
     names: dict[str, set[str] | None] = {n: VLLM_LABELS for n in exposed_names(vllm)}
     names.update(mofe_series)
     return names
@@ -104,11 +138,41 @@ def test_every_expression_parses_and_names_existing_series(expressions, known, r
                 if labels is not None:
                     assert matcher.name in labels | TARGET_LABELS, \
                         f"{where}: {sel.name} has no label {matcher.name}"
-    # The dashboard and alerts cover the whole routing contract and vLLM's key series.
-    contract = {n + "_total" if k == "counter" else n for n, (k, _) in MOFE_METRICS.items()}
-    assert contract <= used, f"never queried: {contract - used}"
+    # The dashboard and alerts cover every routing counter, the staleness gauge and vLLM's
+    # key series (the window gauges are for people reading /metrics, see the next test).
+    wanted = {n + "_total" for n, (k, _) in MOFE_METRICS.items() if k == "counter"}
+    wanted.add("mofe_routing_snapshot_age_seconds")
+    assert wanted <= used, f"never queried: {wanted - used}"
     assert {"vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket",
             "vllm:inter_token_latency_seconds_bucket", "vllm:num_requests_waiting"} <= used
+
+
+def test_no_expression_reads_the_routing_reset_window(expressions, reset_window_series):
+    """Alerts, recording rules, autoscalers and panels are built from rate()/increase() over
+    the counters: any key holder can POST /v1/routing/reset, which must not silence an alert."""
+    assert {"mofe_routing_entropy", "mofe_experts_idle"} <= reset_window_series  # sanity
+    for where, text in expressions.items():
+        names = {sel.name for sel in _selectors(promql.parse(text))}
+        assert not names & reset_window_series, \
+            f"{where} reads reset-window series {sorted(names & reset_window_series)}:\n{text}"
+
+
+def test_stale_routing_data_alerts(rendered):
+    """An alert fires on routing data that stopped updating (engine dead or stuck)."""
+    from mofe_serve.routing.poller import RoutingPoller
+
+    defaults = {name: param.default for name, param
+                in inspect.signature(RoutingPoller.__init__).parameters.items()}
+    for name in ("gpu", "gpu-hpa"):  # the overlays that include components/alerts
+        rules = {r["alert"]: r for o in find(rendered[name], "PrometheusRule")
+                 for g in o["spec"]["groups"] for r in g["rules"] if "alert" in r}
+        stale = rules["MofeRoutingDataStale"]
+        expr = promql.parse(stale["expr"])
+        assert isinstance(expr, promql.BinaryExpr) and str(expr.op) == ">"
+        assert [s.name for s in _selectors(expr)] == ["mofe_routing_snapshot_age_seconds"]
+        # A healthy idle server reads every idle_poll_s, and one read may take up to the RPC
+        # timeout: only an age beyond both means the engine stopped answering.
+        assert float(expr.rhs.val) > defaults["idle_poll_s"] + defaults["rpc_timeout_s"]
 
 
 def test_rates_only_over_counters_and_aggregations_keep_real_labels(expressions, known):

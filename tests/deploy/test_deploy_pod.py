@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
+import promql_parser as promql
 import psutil
 import pytest
 from deploy_support import (
@@ -30,7 +31,6 @@ from deploy_support import (
 )
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-promql = pytest.importorskip("promql_parser", reason="promql-parser not installed")
 MOFE = Path(sys.executable).with_name("mofe")
 API_KEY = "pod-test-key"
 
@@ -67,8 +67,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def pod(rendered, kit, tmp_path_factory):
     """(objs, server container, mapped env, port, Popen) of a started cpu-dev server."""
-    if not MOFE.exists():
-        pytest.skip("the `mofe` console script is not installed in this venv")
+    assert MOFE.exists(), f"{MOFE} missing: the `mofe` console script comes with `make setup`"
     root = tmp_path_factory.mktemp("pod")
     mapping = {"/models": root / "models", "/home/mofe": root / "home", "/tmp": root / "tmp"}
 

