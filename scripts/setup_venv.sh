@@ -22,3 +22,17 @@ for mod in ("vllm", "transformers.models.mixtral.modeling_mixtral", "mergekit", 
     importlib.import_module(mod)
 print("venv ok")
 PY
+# promtool (Prometheus' rule checker) is not on PyPI: unpack it from Debian's `prometheus`
+# package into the venv, without installing the package or starting a service. Best effort:
+# without it the promtool tests skip and the static PromQL checks still run.
+if [ ! -x "$VENV/bin/promtool" ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && { apt-get download -qq prometheus 2>/dev/null \
+        || { apt-get update -qq >/dev/null 2>&1 && apt-get download -qq prometheus; }; }) \
+     && dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"; then
+    cp "$tmp/x/usr/bin/promtool" "$VENV/bin/promtool"
+  else
+    echo "promtool not installed (no apt access): tests/deploy/test_deploy_promtool.py will skip"
+  fi
+  rm -rf "$tmp"
+fi

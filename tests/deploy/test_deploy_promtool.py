@@ -15,6 +15,8 @@ import json
 import math
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -22,7 +24,9 @@ from deploy_support import DEPLOY, GRAFANA_VARS, find
 
 from mofe_serve.metrics import window_stats
 
-PROMTOOL = shutil.which("promtool")
+# `make setup` unpacks promtool into the venv where apt-get can fetch Debian's package.
+PROMTOOL = (shutil.which("promtool", path=str(Path(sys.executable).parent))
+            or shutil.which("promtool"))
 pytestmark = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian: prometheus) not found")
 
 MODEL = "mofe-tiny@1"
