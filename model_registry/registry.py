@@ -20,7 +20,6 @@ from .errors import NotFoundError
 from .frozen import manifest_consistency
 from .fs_store import FilesystemArtifactStore
 from .inspection import inspect_checkpoint
-from .layout import convert_to_vllm_layout
 from .manifest import MANIFEST_FILE
 from .sqlite_store import SQLiteMetadataStore, now
 from .stores import ArtifactStore, EvalEntry, MetadataStore, VersionInfo
@@ -72,15 +71,10 @@ class Registry:
             pause_point("hashed")
             return self.meta.publish(new, aliases, lambda version: str(src))
         with self.artifacts.staging() as staged:
-            converted = summary.layout == "fused"
-            if converted:  # store what vLLM's native loader reads, so serving uses it as is
-                convert_to_vllm_layout(src, staged)
-                for sub in sorted(p for p in src.iterdir() if p.is_dir()):
-                    shutil.copytree(sub, staged / sub.name, symlinks=False)  # convert: files only
-            else:
-                shutil.copytree(src, staged, symlinks=False)
+            # Stored as given: `mofe serve` reads both layouts (docs/format.md).
+            shutil.copytree(src, staged, symlinks=False)
             pause_point("staged")
-            new = describe(staged, src, name, mode, summary.layout, converted, self.resolve)
+            new = describe(staged, src, name, mode, summary.layout, False, self.resolve)
             pause_point("hashed")
             placed: list[tuple[int, str]] = []
 
