@@ -14,6 +14,7 @@ from .refs import LATEST
 
 
 def _registry(ctx: click.Context, write: bool = False):
+    """The registry; lookups (write=False) open it read-only: they create nothing."""
     from .registry import Registry  # lazily: `--help` stays instant
 
     # The registry group's dict (holding --registry), not the root's: under `mofe` the root
@@ -22,7 +23,7 @@ def _registry(ctx: click.Context, write: bool = False):
     if obj is None:
         obj = ctx.ensure_object(dict)
     if "registry" not in obj:
-        obj["registry"] = Registry(obj.get("root"))
+        obj["registry"] = Registry(obj.get("root"), read_only=not write)
         ctx.find_root().call_on_close(obj["registry"].close)
     return obj["registry"]
 

@@ -2,7 +2,7 @@
 
 Torch-free and vLLM-free (runs before the engine starts, and in `mofe serve --help` paths).
 Nothing is converted or cached: MoFEMixtralForCausalLM reads both tensor layouts
-(docs/format.md), so the checkpoint is served where it is.
+(docs/format.md), so the checkpoint is served where it is. Resolving writes nothing.
 """
 
 from __future__ import annotations
@@ -37,9 +37,14 @@ def resolve_model_ref(ref: str) -> tuple[Path, str]:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{ref}: not a checkpoint directory (no config.json)")
         return path, path.name
+    from model_registry.errors import NotFoundError
     from model_registry.registry import Registry
 
-    with Registry() as registry:
+    try:
+        registry = Registry(read_only=True)  # a lookup: creates and sweeps nothing
+    except NotFoundError as exc:
+        raise NotFoundError(f"{ref}: not a checkpoint directory, and {exc}") from None
+    with registry:
         info = registry.get(ref)
         return registry.path_of(info), info.ref
 
