@@ -292,8 +292,9 @@ class CanonicalTensor:
         """Hash of this tensor, or of it converted to `as_dtype` (a safetensors code)."""
         if as_dtype is None or as_dtype == self.dtype:
             return tensor_sha256(self.dtype, self.shape, self.read())
-        return tensor_sha256(as_dtype, self.shape, convert_dtype(self.read(), self.dtype,
-                                                                 as_dtype, where=self))
+        where = f"{self.file} layer {self.layer} expert {self.expert} {self.proj}"
+        return tensor_sha256(as_dtype, self.shape,
+                             convert_dtype(self.read(), self.dtype, as_dtype, where))
 
 
 def tensor_sha256(dtype: str, shape: tuple[int, ...], data: bytes) -> str:
