@@ -163,17 +163,18 @@ def main() -> None:
         microbenchmark()
         return
 
-    from mofe_serve.resolve import vllm_loadable_path
+    from model_registry.checkpoint import convert_checkpoint, vllm_loadable
 
     work = Path(tempfile.mkdtemp(prefix="mofe-bench-"))
-    os.environ.setdefault("MOFE_CACHE_DIR", str(work / "cache"))
     if opts.model is None:
         from tests.serve.tiny_mixtral import build_tiny_mixtral
 
         opts.model = build_tiny_mixtral(work / "bench-mofe", num_layers=opts.layers,
                                         hidden_size=opts.hidden,
                                         intermediate_size=opts.intermediate)
-    ckpt = vllm_loadable_path(opts.model)  # stock vLLM needs the per-expert layout too
+    # Stock vLLM reads the per-expert layout only (mofe serve reads both): one copy for both.
+    ckpt = opts.model if vllm_loadable(opts.model) else convert_checkpoint(
+        opts.model, work / "bench-per-expert")
     flags = ["--dtype", opts.dtype, "--no-enable-prefix-caching",
              "--served-model-name", "bench", "--disable-uvicorn-access-log"]
     flags += ["--enforce-eager"] if opts.eager else []

@@ -1,7 +1,9 @@
 """model_registry: versioned, verifiable store of MoFE checkpoints (the leaf package).
 
-Imports neither torch nor vLLM. Holds the manifest schema (`mofe.json`), torch-free
-checkpoint reading (canonical per-expert tensor hashes, layout conversion) and the registry.
+Imports neither torch nor vLLM. Holds the checkpoint format (checkpoint.py: tensor names of
+both layouts, slicing, canonical hashes, the dtype rule, conversion, atomic writes; see
+docs/format.md), the one frozen-claim verdict (frozen.py), the manifest schema (`mofe.json`)
+and the registry.
 
 Registry (registry.py) is written against two small interfaces (stores.py):
   MetadataStore  versions, file and expert-tensor hashes, aliases, evals. Its one hard

@@ -1,6 +1,6 @@
 """`mofe registry ...`: the command-line face of Registry (click; rich for people, --json for
 machines). Errors print one line naming what is wrong and exit 1; `verify` exits 1 on any
-mismatch."""
+mismatch (3: the frozen claim could be checked against mofe.json's hashes only)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import click
 from .refs import LATEST
 
 
-def _registry(ctx: click.Context):
+def _registry(ctx: click.Context, write: bool = False):
+    """The registry; lookups (write=False) open it read-only: they create nothing."""
     from .registry import Registry  # lazily: `--help` stays instant
 
     # The registry group's dict (holding --registry), not the root's: under `mofe` the root
@@ -22,7 +23,7 @@ def _registry(ctx: click.Context):
     if obj is None:
         obj = ctx.ensure_object(dict)
     if "registry" not in obj:
-        obj["registry"] = Registry(obj.get("root"))
+        obj["registry"] = Registry(obj.get("root"), read_only=not write)
         ctx.find_root().call_on_close(obj["registry"].close)
     return obj["registry"]
 
@@ -68,18 +69,19 @@ def registry_cli(ctx: click.Context, root: str | None) -> None:
 @click.option("--name", required=True, help="Model name: [a-z0-9][a-z0-9._-]{0,63}")
 @click.option("--alias", "aliases", multiple=True, help="Point this alias at the new version.")
 @click.option("--copy/--link", "copy", default=True, show_default=True,
-              help="Copy into the registry (fused layouts stored converted for vLLM) or only "
-                   "record the directory where it is.")
+              help="Copy into the registry (stored as given) or only record the directory "
+                   "where it is.")
 @click.pass_context
 @_errors
 def register(ctx, ckpt: str, name: str, aliases: tuple[str, ...], copy: bool) -> None:
     """Validate, hash and register checkpoint CKPT; print NAME@VERSION."""
-    info = _registry(ctx).register(ckpt, name, list(aliases), "copy" if copy else "link")
+    info = _registry(ctx, write=True).register(ckpt, name, list(aliases), "copy" if copy else "link")
     if info.frozen_check == "failed":
         click.echo(f"warning: frozen check FAILED: {info.frozen_details.get('summary')}",
                    err=True)
     if not info.vllm_loadable:
-        click.echo("note: fused layout recorded as is; vLLM needs `mofe convert` first", err=True)
+        click.echo("note: fused layout stored as given; `mofe serve` reads it, stock vLLM "
+                   "needs `mofe convert` first", err=True)
     click.echo(info.ref)
 
 
@@ -138,7 +140,7 @@ def versions(ctx, name: str, as_json: bool) -> None:
 @_errors
 def alias(ctx, name: str, version: str, alias: str) -> None:
     """Point ALIAS of NAME at VERSION (moving it if it pointed elsewhere)."""
-    before = _registry(ctx).set_alias(name, version, alias)
+    before = _registry(ctx, write=True).set_alias(name, version, alias)
     moved = f" (was {before})" if before is not None else ""
     click.echo(f"{name}@{alias} -> {name}@{int(version.lstrip('v'))}{moved}")
 
@@ -150,7 +152,7 @@ def alias(ctx, name: str, version: str, alias: str) -> None:
 @_errors
 def unalias(ctx, name: str, alias: str) -> None:
     """Remove ALIAS of NAME."""
-    before = _registry(ctx).remove_alias(name, alias)
+    before = _registry(ctx, write=True).remove_alias(name, alias)
     click.echo(f"removed {name}@{alias} (pointed at {before})")
 
 
@@ -169,18 +171,23 @@ def resolve(ctx, ref: str) -> None:
 @click.pass_context
 @_errors
 def verify(ctx, ref: str, as_json: bool) -> None:
-    """Re-hash every file and expert tensor of REF; exit 1 on any mismatch."""
+    """Re-hash every file and expert tensor of REF and re-check its frozen claim.
+
+    Exit 0: intact, and every expert is bit-identical to its live source (or there is no
+    claim to check); 1: a mismatch; 3: intact, but the frozen claim rests on mofe.json's
+    hashes only (a source is not reachable). `mofe verify` states the same verdict."""
     from .verify import verify as run_verify
     report = run_verify(_registry(ctx), ref)
     if as_json:
-        _print_json(report.model_dump() | {"ok": report.ok})
+        _print_json(report.model_dump() | {"ok": report.ok, "exit_code": report.exit_code})
     else:
         for p in report.problems:
             click.echo(f"MISMATCH {p}", err=True)
-        state = "OK" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+        state = "OK" if not report.problems else f"FAILED ({len(report.problems)} problem(s))"
         click.echo(f"{report.ref}: {state}; {report.files_checked} files, "
                    f"{report.tensors_checked} expert tensors checked")
-    sys.exit(0 if report.ok else 1)
+        click.echo(f"frozen check: {report.frozen_check}: {report.frozen_summary}")
+    sys.exit(report.exit_code)
 
 
 @registry_cli.command()
@@ -214,7 +221,7 @@ def eval_group() -> None:
 @_errors
 def eval_add(ctx, ref, task, metric, value, split, harness) -> None:
     """Record TASK/METRIC = VALUE for REF."""
-    info = _registry(ctx).add_eval(ref, task, metric, value, split, harness)
+    info = _registry(ctx, write=True).add_eval(ref, task, metric, value, split, harness)
     click.echo(f"{info.ref}: {task} {metric} = {value:g}")
 
 
@@ -227,7 +234,7 @@ def delete(ctx, ref: str, force: bool) -> None:
     """Delete one version (its copied files too; a linked directory is left alone)."""
     if "@" not in ref or ref.endswith(f"@{LATEST}"):
         raise click.UsageError("name the version to delete explicitly: NAME@VERSION or NAME@ALIAS")
-    gone = _registry(ctx).delete(ref, force)
+    gone = _registry(ctx, write=True).delete(ref, force)
     click.echo(f"deleted {gone.ref}")
 
 

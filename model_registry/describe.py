@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import expert_hashes
-from .errors import InvalidCheckpointError, RegistryError
-from .frozen import check_frozen
+from .errors import InvalidCheckpointError
+from .frozen import frozen_verdict, locate_source
 from .inspection import hash_files, inspect_checkpoint
-from .manifest import MANIFEST_FILE, Manifest, ModelSource
+from .manifest import MANIFEST_FILE, Manifest
 from .stores import NewVersion
 
 Resolver = Callable[[str], Path]
@@ -25,8 +25,8 @@ def describe(stored: Path, src: Path, name: str, mode: str, source_layout: str,
     if summary.kind == "llama":
         details = {"summary": "dense model: no frozen experts to check"}
     elif manifest:
-        status, details = check_frozen(manifest, hashes, summary.expert_dtype,
-                                       lambda rec: locate_source(rec, src, resolve))
+        verdict = frozen_verdict(manifest, stored, lambda rec: locate_source(rec, src, resolve))
+        status, details = verdict.status, verdict.details()
     return NewVersion(
         name=name, storage=mode, source_path=str(src), kind=summary.kind,
         layout=summary.layout, source_layout=source_layout, converted=converted,
@@ -34,22 +34,6 @@ def describe(stored: Path, src: Path, name: str, mode: str, source_layout: str,
         manifest=manifest.model_dump(mode="json") if manifest else None,
         frozen_check=status, frozen_details=details, files=hash_files(stored),
         expert_hashes=hashes)
-
-
-def locate_source(rec: ModelSource, relative_to: Path, resolve: Resolver) -> Path | str:
-    """A local directory holding `rec`, or why there is none (hub ids are never fetched)."""
-    reason = ""
-    if rec.registry_ref:
-        try:
-            return resolve(rec.registry_ref)
-        except RegistryError as exc:
-            reason = f"registry ref {rec.registry_ref}: {exc}"
-    p = Path(rec.source).expanduser()
-    for cand in ([p] if p.is_absolute() else [relative_to / p, Path.cwd() / p]):
-        if (cand / "config.json").is_file():
-            return cand.resolve()
-    return "; ".join(x for x in (reason, f"{rec.source}: no local checkpoint there "
-                                 "(hub ids are not fetched)") if x)
 
 
 def load_manifest(ckpt: Path) -> Manifest | None:

@@ -25,12 +25,12 @@ _KEY = re.compile(rf"^({NAME_PATTERN})/v(\d+)$")
 
 
 class FilesystemArtifactStore:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, create: bool = True):
         self.root = Path(root)
         self.artifacts = self.root / "artifacts"
         self.tmp = self.root / "tmp"
         self.lock_file = self.root / ".staging.lock"
-        for d in (self.artifacts, self.tmp):
+        for d in (self.artifacts, self.tmp) if create else ():  # lookups create nothing
             d.mkdir(parents=True, exist_ok=True)
 
     @contextmanager

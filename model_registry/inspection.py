@@ -15,7 +15,15 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from .checkpoint import CheckpointError, TensorInfo, detect_layout, read_all_headers
+from .checkpoint import (
+    CheckpointError,
+    TensorInfo,
+    canonical_expert_tensors,
+    detect_layout,
+    expected_shapes,
+    expert_index_in_name,
+    read_all_headers,
+)
 from .errors import InvalidCheckpointError
 from .stores import FileEntry
 
@@ -24,7 +32,6 @@ _FIELDS = {"mixtral": ("num_local_experts", "num_experts_per_tok", "hidden_size"
            "llama": ("hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size")}
 _LAYOUTS = {"mixtral": ("fused", "per_expert"), "llama": ("dense",)}
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
-_EXPERT = re.compile(r"\.block_sparse_moe\.experts\.(\d+)\.")
 
 
 class CheckpointSummary(BaseModel):
@@ -78,36 +85,15 @@ def inspect_checkpoint(ckpt: Path) -> CheckpointSummary:
                                      f"the {layout} layout")
     _check_bounds(tensors)
     _check_shapes(tensors, config, layout, cfg_path)
-    dtypes = {t.dtype for n, t in tensors.items() if ".experts." in n or ".mlp." in n}
+    dtypes = {t.dtype for t in canonical_expert_tensors(ckpt)}
     return CheckpointSummary(kind=kind, layout=layout, config=config,
                              expert_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
                              vllm_loadable=layout in ("per_expert", "dense"))
 
 
-def _expected(config: dict, layout: str) -> dict[str, tuple[int, ...]]:
-    h, i, v = config["hidden_size"], config["intermediate_size"], config["vocab_size"]
-    e = config.get("num_local_experts", 1)
-    out = {"model.embed_tokens.weight": (v, h)}
-    for n in range(config["num_hidden_layers"]):
-        p = f"model.layers.{n}"
-        if layout == "fused":
-            out |= {f"{p}.mlp.experts.gate_up_proj": (e, 2 * i, h),
-                    f"{p}.mlp.experts.down_proj": (e, h, i), f"{p}.mlp.gate.weight": (e, h)}
-        elif layout == "per_expert":
-            out[f"{p}.block_sparse_moe.gate.weight"] = (e, h)
-            for x in range(e):
-                q = f"{p}.block_sparse_moe.experts.{x}"
-                out |= {f"{q}.w1.weight": (i, h), f"{q}.w3.weight": (i, h),
-                        f"{q}.w2.weight": (h, i)}
-        else:
-            out |= {f"{p}.mlp.gate_proj.weight": (i, h), f"{p}.mlp.up_proj.weight": (i, h),
-                    f"{p}.mlp.down_proj.weight": (h, i)}
-    return out
-
-
 def _check_shapes(tensors: dict[str, TensorInfo], config: dict, layout: str,
                   cfg_path: Path) -> None:
-    expected = _expected(config, layout)
+    expected = expected_shapes(config, layout)
     if not config.get("tie_word_embeddings", False) or "lm_head.weight" in tensors:
         expected["lm_head.weight"] = (config["vocab_size"], config["hidden_size"])
     for name, shape in expected.items():
@@ -123,7 +109,7 @@ def _check_shapes(tensors: dict[str, TensorInfo], config: dict, layout: str,
         if (m := _LAYER.match(name)) and int(m[1]) >= layers:
             raise InvalidCheckpointError(f"{t.file}: tensor {name} is beyond num_hidden_layers "
                                          f"= {layers} in {cfg_path.name}")
-        if (m := _EXPERT.search(name)) and int(m[1]) >= experts:
+        if (x := expert_index_in_name(name)) is not None and x >= experts:
             raise InvalidCheckpointError(f"{t.file}: tensor {name} is beyond num_local_experts "
                                          f"= {experts} in {cfg_path.name}")
 

@@ -2,19 +2,21 @@
 
 Written by `training` after a merge / training run, read by `model_registry` on register and
 by `mofe_serve` for expert domain labels. Hashes are of canonical per-expert tensors
-(checkpoint.py), so they do not depend on the file layout.
+(checkpoint.py, docs/format.md), so they do not depend on the file layout.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .checkpoint import EXPERT_PARAM_MARKERS, atomic_write_text
+
+__all__ = ["MANIFEST_FILE", "Manifest", "atomic_write_text"]
 
 MANIFEST_FILE = "mofe.json"
 MANIFEST_SCHEMA_VERSION = 1
@@ -50,8 +52,7 @@ class MergeRecord(_Strict):
 class FreezeSpec(_Strict):
     method: Literal["mofe", "full", "lora", "dora", "none"] = "mofe"
     # parameter-name substrings that are frozen (expert FFNs in every layout)
-    frozen: list[str] = Field(default_factory=lambda: [".mlp.experts.",
-                                                      ".block_sparse_moe.experts."])
+    frozen: list[str] = Field(default_factory=lambda: list(EXPERT_PARAM_MARKERS))
 
 
 class ParamCounts(_Strict):
@@ -120,19 +121,3 @@ class Manifest(_Strict):
 
     def save(self, ckpt_dir: Path) -> Path:
         return atomic_write_text(Path(ckpt_dir) / MANIFEST_FILE, self.model_dump_json(indent=2))
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write through a temporary file in the same directory and rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

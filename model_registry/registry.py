@@ -20,7 +20,6 @@ from .errors import NotFoundError
 from .frozen import manifest_consistency
 from .fs_store import FilesystemArtifactStore
 from .inspection import inspect_checkpoint
-from .layout import convert_to_vllm_layout
 from .manifest import MANIFEST_FILE
 from .sqlite_store import SQLiteMetadataStore, now
 from .stores import ArtifactStore, EvalEntry, MetadataStore, VersionInfo
@@ -35,14 +34,23 @@ def default_root() -> Path:
 
 
 class Registry:
+    """read_only=True is for lookups (get, resolve, list, show, verify): it creates no
+    directory, runs no recovery sweep and no migration, and opens SQLite read-only; a
+    registry that does not exist is a NotFoundError naming the folder."""
+
     def __init__(self, root: Path | str | None = None, *, metadata: MetadataStore | None = None,
-                 artifacts: ArtifactStore | None = None):
+                 artifacts: ArtifactStore | None = None, read_only: bool = False):
         self.root = Path(root or default_root()).expanduser().absolute()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.artifacts = artifacts or FilesystemArtifactStore(self.root)
-        self.meta = metadata or SQLiteMetadataStore(self.root / DB_FILE)
-        # Leftovers of killed registrations are removed on open (when none is in flight).
-        self.recovered = self.artifacts.recover(self.meta.artifact_keys)
+        self.read_only = read_only
+        if read_only and metadata is None and not (self.root / DB_FILE).is_file():
+            raise NotFoundError(f"no model registry at {self.root} (no {DB_FILE}; set "
+                                f"{REGISTRY_ENV} or --registry, or register a model first)")
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.artifacts = artifacts or FilesystemArtifactStore(self.root, create=not read_only)
+        self.meta = metadata or SQLiteMetadataStore(self.root / DB_FILE, read_only=read_only)
+        # Leftovers of killed registrations are removed on a writer's open (none in flight).
+        self.recovered = [] if read_only else self.artifacts.recover(self.meta.artifact_keys)
 
     def close(self) -> None:
         close = getattr(self.meta, "close", None)
@@ -72,15 +80,10 @@ class Registry:
             pause_point("hashed")
             return self.meta.publish(new, aliases, lambda version: str(src))
         with self.artifacts.staging() as staged:
-            converted = summary.layout == "fused"
-            if converted:  # store what vLLM's native loader reads, so serving uses it as is
-                convert_to_vllm_layout(src, staged)
-                for sub in sorted(p for p in src.iterdir() if p.is_dir()):
-                    shutil.copytree(sub, staged / sub.name, symlinks=False)  # convert: files only
-            else:
-                shutil.copytree(src, staged, symlinks=False)
+            # Stored as given: `mofe serve` reads both layouts (docs/format.md).
+            shutil.copytree(src, staged, symlinks=False)
             pause_point("staged")
-            new = describe(staged, src, name, mode, summary.layout, converted, self.resolve)
+            new = describe(staged, src, name, mode, summary.layout, False, self.resolve)
             pause_point("hashed")
             placed: list[tuple[int, str]] = []
 
@@ -184,6 +187,16 @@ def _plain_path(text: str) -> Path:
 
 
 def resolve_ref(ref: str | Path, root: Path | str | None = None) -> Path:
-    """Local checkpoint directory for a REF, using the default (or given) registry root."""
-    with Registry(root) as registry:
+    """Local checkpoint directory for a REF, using the default (or given) registry root.
+    A lookup: writes nothing (see Registry(read_only=True))."""
+    text = str(ref)
+    if isinstance(ref, Path) or refs.looks_like_path(text):
+        return _plain_path(text)
+    try:
+        registry = Registry(root, read_only=True)
+    except NotFoundError as exc:
+        if Path(text).is_dir():
+            return _plain_path(text)
+        raise NotFoundError(f"{text}: not a checkpoint directory, and {exc}") from None
+    with registry:
         return registry.resolve(ref)

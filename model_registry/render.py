@@ -31,7 +31,7 @@ def models_table(models: list[ModelSummary]) -> Table:
 
 def versions_table(name: str, versions: list[VersionInfo]) -> Table:
     t = Table(title=f"Versions of {name}")
-    for col in ("version", "aliases", "created", "kind", "storage", "layout", "vLLM",
+    for col in ("version", "aliases", "created", "kind", "storage", "layout", "stock vLLM",
                 "frozen", "size"):
         t.add_column(col)
     for v in versions:
@@ -51,7 +51,8 @@ def show(console: Console, info: VersionInfo, path: str) -> None:
             ("kind", info.kind),
             ("layout", f"{info.layout} (from {info.source_layout}, converted)" if info.converted
              else info.layout),
-            ("vLLM-loadable", "yes" if info.vllm_loadable else "no (run mofe convert)"),
+            ("stock vLLM loads it", "yes" if info.vllm_loadable else
+             "no: mofe serve reads it; for stock vLLM run mofe convert"),
             ("experts / top-k", f"{c.get('num_local_experts', '-')} / "
                                 f"{c.get('num_experts_per_tok', '-')}"),
             ("layers / hidden / vocab", f"{c.get('num_hidden_layers')} / {c.get('hidden_size')}"

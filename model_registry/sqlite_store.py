@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ._hooks import pause_point
-from .errors import ConflictError, NotFoundError
+from .errors import ConflictError, NotFoundError, SchemaError
 from .schema import SCHEMA_VERSION, ensure_schema
 from .stores import EvalEntry, FileEntry, ModelSummary, NewVersion, VersionInfo
 
@@ -22,8 +22,20 @@ def now() -> str:
 
 
 class SQLiteMetadataStore:
-    def __init__(self, db_path: Path):
+    def __init__(self, db_path: Path, read_only: bool = False):
         self.db_path = Path(db_path)
+        self.read_only = read_only
+        self.migrated_from = SCHEMA_VERSION
+        if read_only:  # a lookup: no journal-mode change, no schema migration, no writes
+            if not self.db_path.is_file():
+                raise NotFoundError(f"no registry database at {self.db_path}")
+            self.conn = sqlite3.connect(f"{self.db_path.absolute().as_uri()}?mode=ro", uri=True,
+                                        timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                        check_same_thread=False)
+            self.conn.row_factory = sqlite3.Row
+            if not self._schema_is_current():
+                self._refuse_stale_schema()
+            return
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so version allocation and
         # every row of a registration share one explicit write transaction.
         self.conn = sqlite3.connect(str(self.db_path), timeout=BUSY_TIMEOUT_S,
@@ -33,10 +45,23 @@ class SQLiteMetadataStore:
         self.conn.execute("PRAGMA journal_mode = WAL")
         self.conn.execute("PRAGMA synchronous = FULL")
         self.conn.execute("PRAGMA foreign_keys = ON")
-        self.migrated_from = SCHEMA_VERSION
         if not self._schema_is_current():  # read first: opening must not wait on a writer
             with self.write():
                 self.migrated_from = ensure_schema(self.conn, str(self.db_path))
+
+    def _refuse_stale_schema(self) -> None:
+        """Read-only: name a newer or broken schema as a writer would; an older one needs a
+        writer to migrate it."""
+        self.conn.execute("BEGIN")
+        try:
+            ensure_schema(self.conn, str(self.db_path))  # raises before writing, or tries to
+        except sqlite3.OperationalError:  # ...migrate, which a read-only connection refuses
+            raise SchemaError(f"{self.db_path}: schema is older than version {SCHEMA_VERSION}; "
+                              "run a registry command that writes (e.g. register) to migrate "
+                              "it") from None
+        finally:
+            self.conn.execute("ROLLBACK")
+            self.conn.close()
 
     def _schema_is_current(self) -> bool:
         try:
@@ -51,6 +76,9 @@ class SQLiteMetadataStore:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise ConflictError(f"{self.db_path} was opened read-only (a lookup); "
+                                "this operation writes")
         self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
         try:
             yield self.conn

@@ -1,4 +1,6 @@
-"""Re-hash a registered version's files and expert tensors against what was recorded."""
+"""`mofe registry verify`: re-hash a registered version's files and expert tensors against
+what was recorded, and state the frozen claim again with the one verdict (frozen.py) that
+registration and `mofe verify` use."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ from pydantic import BaseModel, Field
 
 from .checkpoint import CheckpointError, expert_hashes
 from .errors import RegistryError
+from .frozen import frozen_verdict, locate_source
 from .inspection import file_sha256
+from .manifest import Manifest
 from .registry import Registry
 
 SHOWN = 20
@@ -20,11 +24,23 @@ class VerifyReport(BaseModel):
     path: str | None
     files_checked: int = 0
     tensors_checked: int = 0
-    problems: list[str] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=list)  # integrity: files and tensors
+    frozen_check: str = "unchecked"  # passed | failed | unchecked, as at registration
+    frozen_basis: str | None = None  # sources | manifest (what a pass rests on)
+    frozen_summary: str = "no mofe.json"
+    frozen_exit_code: int = 0
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and self.frozen_check != "failed"
+
+    @property
+    def exit_code(self) -> int:
+        """1: a file, tensor or the frozen claim is wrong; 3: intact, but the frozen claim
+        rests on mofe.json's hashes only (a source is not reachable); else 0."""
+        if not self.ok:
+            return 1
+        return 3 if self.frozen_exit_code == 3 else 0
 
 
 def verify(registry: Registry, ref: str) -> VerifyReport:
@@ -68,7 +84,23 @@ def verify(registry: Registry, ref: str) -> VerifyReport:
         {(e, k) for e, ks in expected.items() for k in ks}
     for e, k in sorted(extra)[:SHOWN]:
         report.problems.append(f"expert {e} tensor {k}: not recorded at registration")
+    _frozen(registry, info, path, report)
     return report
+
+
+def _frozen(registry: Registry, info, path: Path, report: VerifyReport) -> None:
+    """The frozen verdict on the stored bytes, locating sources as registration did."""
+    if info.kind == "llama":
+        report.frozen_summary = "dense model: no frozen experts to check"
+        return
+    if info.manifest is None:
+        return
+    manifest = Manifest.model_validate(info.manifest)
+    src = Path(info.source_path)
+    verdict = frozen_verdict(manifest, path,
+                             lambda rec: locate_source(rec, src, registry.resolve))
+    report.frozen_check, report.frozen_basis = verdict.status, verdict.basis
+    report.frozen_summary, report.frozen_exit_code = verdict.summary, verdict.exit_code
 
 
 def _walk(path: Path, report: VerifyReport, follow_links: bool) -> set[str]:

@@ -1,20 +1,28 @@
-"""`MoFEMixtralForCausalLM`: vLLM's Mixtral with per-layer routing counters.
+"""`MoFEMixtralForCausalLM`: vLLM's Mixtral with per-layer routing counters, reading both
+checkpoint layouts.
 
 Everything numeric stays vLLM's: the gate, the FusedMoE layer, its kernels and its router.
 We only wrap each layer's router so the (topk_ids, topk_weights) it already computed are
 also added to device-side counters (counters.py). Wrapping the router, rather than
 recomputing top-k from the logits, counts exactly the experts the fused kernel ran.
+
+Loading: vLLM's Mixtral reads the per-expert layout only. `load_weights` hands each fused
+tensor to vLLM's own loader as per-expert views (model_registry.checkpoint owns the names
+and the slicing; docs/format.md), so FusedMoE's expert mapping and weight loaders, with
+their tensor-parallel sharding, do the rest exactly as for a per-expert checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.fused_moe.router.fused_moe_router import FusedMoERouter
 from vllm.model_executor.models.mixtral import MixtralForCausalLM, MixtralMoE
 from vllm.model_executor.models.utils import PPMissingLayer
+
+from model_registry.checkpoint import per_expert_items
 
 from .counters import RoutingCounters
 
@@ -68,3 +76,8 @@ class MoFEMixtralForCausalLM(MixtralForCausalLM):
     @property
     def mofe_counters(self) -> RoutingCounters:
         return self.model.mofe_counters
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
+        # Either layout: fused tensors arrive as per-expert views (no copy, no cache dir).
+        return super().load_weights(
+            item for name, tensor in weights for item in per_expert_items(name, tensor))

@@ -1,27 +1,23 @@
-"""From a REF on the command line to a directory vLLM can load, its served names and domains.
+"""From a REF on the command line to the checkpoint vLLM loads, its served names and domains.
 
 Torch-free and vLLM-free (runs before the engine starts, and in `mofe serve --help` paths).
+Nothing is converted or cached: MoFEMixtralForCausalLM reads both tensor layouts
+(docs/format.md), so the checkpoint is served where it is. Resolving writes nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_registry.checkpoint import detect_layout, read_all_headers, weight_files
-from model_registry.layout import convert_to_vllm_layout
 from model_registry.manifest import MANIFEST_FILE, Manifest
-
-CACHE_ENV = "MOFE_CACHE_DIR"
 
 
 @dataclass
 class ServedModel:
-    path: Path  # what vLLM loads (per-expert layout)
-    source: Path  # the checkpoint the REF named
+    path: Path  # what vLLM loads: the checkpoint the REF named, in either layout
+    source: Path  # the same directory (kept for callers that name the origin)
     names: list[str]  # served model names; the first is the display name (NAME@VERSION)
     domains: list[str] = field(default_factory=list)  # by expert index; empty: unknown
     architecture: str = "MixtralForCausalLM"
@@ -41,40 +37,16 @@ def resolve_model_ref(ref: str) -> tuple[Path, str]:
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{ref}: not a checkpoint directory (no config.json)")
         return path, path.name
+    from model_registry.errors import NotFoundError
     from model_registry.registry import Registry
 
-    with Registry() as registry:
+    try:
+        registry = Registry(read_only=True)  # a lookup: creates and sweeps nothing
+    except NotFoundError as exc:
+        raise NotFoundError(f"{ref}: not a checkpoint directory, and {exc}") from None
+    with registry:
         info = registry.get(ref)
         return registry.path_of(info), info.ref
-
-
-def cache_root() -> Path:
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return platformdirs.user_cache_path("mofe-serve")
-
-
-def _fingerprint(src: Path) -> str:
-    """Changes whenever a weight file of `src` is replaced or rewritten."""
-    h = hashlib.sha256(str(src.resolve()).encode())
-    for f in weight_files(src):
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:16]
-
-
-def vllm_loadable_path(src: Path) -> Path:
-    """`src` itself, or a cached per-expert copy when `src` is in the fused layout."""
-    if detect_layout(read_all_headers(src)) != "fused":
-        return src
-    dst = cache_root() / "vllm-layout" / f"{src.name}-{_fingerprint(src)}"
-    if not (dst / "config.json").is_file():
-        # Converts into a temporary sibling and renames: a killed run leaves no half copy.
-        convert_to_vllm_layout(src, dst, overwrite=dst.exists())
-    return dst
 
 
 def resolve_served_model(ref: str, served_names: list[str] | None = None) -> ServedModel:
@@ -92,5 +64,5 @@ def resolve_served_model(ref: str, served_names: list[str] | None = None) -> Ser
     domains: list[str] = []
     if (source / MANIFEST_FILE).is_file():
         domains = Manifest.load(source).domains()
-    return ServedModel(path=vllm_loadable_path(source), source=source, names=names,
+    return ServedModel(path=source, source=source, names=names,
                        domains=domains)

@@ -35,6 +35,6 @@ def test_registry_help_is_light():
 
 
 def test_model_registry_import_pulls_no_torch():
-    code = "import model_registry, model_registry.checkpoint, model_registry.layout, sys; " \
+    code = "import model_registry, model_registry.checkpoint, model_registry.frozen, sys; " \
            "assert 'torch' not in sys.modules and 'vllm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

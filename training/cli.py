@@ -62,20 +62,20 @@ def train_cli(config: Path, overrides: tuple[str, ...], resume: bool) -> None:
     try:
         cfg = load_config(config, list(overrides))
         out = run_training(cfg, resume=resume, console=console)
-        result = verify_checkpoint(out)
+        verdict = verify_checkpoint(out)
     except _user_errors() as exc:
         raise _fail(exc) from exc
-    console.print(render_table(result))
-    if result.ok:
-        console.print(f"[green]checkpoint {out}: every expert FFN is bit-identical to its source")
-    elif cfg.method == "full":
+    console.print(render_table(verdict, out))
+    if verdict.status == "failed" and cfg.method == "full":
         console.print(f"checkpoint {out}: method full trains the expert FFNs, so "
-                      f"{len(result.problems)} expert tensors differ from their sources "
+                      f"{len(verdict.problems)} expert tensors differ from their sources "
                       "(expected; `mofe verify` will reject this checkpoint)")
-    else:
-        for p in result.problems:
+    elif verdict.status == "failed":
+        for p in verdict.problems:
             console.print(f"[red]{p}", soft_wrap=True)
         raise click.ClickException(f"{out}: expert FFNs changed under method {cfg.method}")
+    else:
+        console.print(f"checkpoint {out}: {verdict.summary}", highlight=False)
     console.print(f"wrote {out}")
 
 
@@ -83,35 +83,49 @@ def train_cli(config: Path, overrides: tuple[str, ...], resume: bool) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--no-source", is_flag=True, help="Compare with mofe.json only, not the sources.")
 def verify_cli(checkpoint: Path, no_source: bool) -> None:
-    """Exit 0 only if every expert FFN tensor is bit-identical to its recorded source."""
+    """Check that every expert FFN tensor is bit-identical to its recorded source.
+
+    Exit 0: every expert matched its live source; 1: a tensor differs (or an error);
+    3: every comparison made matched, but only mofe.json's hashes could be checked for
+    some expert (source not reachable, or --no-source); 4: nothing could be compared."""
     from rich.console import Console
 
     from .verify import render_table, verify_checkpoint
 
     console = Console()
     try:
-        result = verify_checkpoint(checkpoint, check_sources=not no_source)
+        verdict = verify_checkpoint(checkpoint, check_sources=not no_source)
     except (*_user_errors(), ValueError) as exc:  # ValueError: unreadable mofe.json
         raise _fail(exc) from exc
-    console.print(render_table(result))
-    if not result.ok:
-        for p in result.problems:
+    console.print(render_table(verdict, checkpoint))
+    if verdict.status == "failed":
+        for p in verdict.problems:
             console.print(f"[red]{p}", highlight=False, soft_wrap=True)
-        raise click.ClickException(f"{checkpoint}: {len(result.problems)} expert tensors do not "
-                                   "match their sources")
-    console.print("[green]OK: every expert FFN tensor is bit-identical to its source")
+        raise click.ClickException(f"{checkpoint}: {len(verdict.problems)} expert tensors do "
+                                   "not match their sources")
+    if verdict.exit_code == 0:
+        console.print("[green]OK: every expert FFN tensor is bit-identical to its source")
+    else:
+        console.print(f"[yellow]NOT CONFIRMED against the sources: {verdict.summary}",
+                      highlight=False, soft_wrap=True)
+    raise SystemExit(verdict.exit_code)
 
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
-def convert_cli(src: Path, dst: Path, overwrite: bool) -> None:
-    """Rewrite a Mixtral checkpoint SRC into vLLM's per-expert layout at DST."""
-    from model_registry.layout import convert_to_vllm_layout
+@click.option("--layout", type=click.Choice(["per_expert", "fused"]), default="per_expert",
+              show_default=True, help="per_expert: what stock vLLM (without the MoFE plugin) "
+              "reads; fused: transformers 5 / mergekit names.")
+def convert_cli(src: Path, dst: Path, overwrite: bool, layout: str) -> None:
+    """Rewrite Mixtral checkpoint SRC in another tensor layout at DST.
+
+    `mofe serve` reads both layouts; this is for stock vLLM and other tools."""
+    from model_registry.checkpoint import convert_checkpoint
 
     try:
-        convert_to_vllm_layout(src, dst, overwrite=overwrite)
+        convert_checkpoint(src, dst, layout, overwrite=overwrite)
     except (*_user_errors(), ValueError) as exc:
         raise _fail(exc) from exc
-    click.echo(f"wrote {dst} (per-expert layout)")
+    click.echo(f"wrote {dst} ({layout.replace('_', '-')} layout)")

@@ -223,7 +223,7 @@ def build_random_mixtral(out: Path, sizes: KitSizes = KitSizes(), experts: int =
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
 
-    from model_registry.layout import convert_to_vllm_layout
+    from model_registry.checkpoint import ROUTER_PARAM_MARKERS, atomic_directory
     from model_registry.manifest import ExpertRecord, Manifest
 
     from . import __version__
@@ -244,15 +244,17 @@ def build_random_mixtral(out: Path, sizes: KitSizes = KitSizes(), experts: int =
     torch.manual_seed(seed)
     model = MixtralForCausalLM(config).eval()
     with torch.no_grad():
-        for layer in model.model.layers:  # a sharper router so routing differs by token
-            layer.mlp.gate.weight.normal_(0.0, 0.5)
-    model.to(getattr(torch, dtype)).save_pretrained(work / "fused")
-    tokenizer.save_pretrained(work / "fused")
+        for name, param in model.named_parameters():  # sharper routers: routing varies
+            if any(m in name for m in ROUTER_PARAM_MARKERS):
+                param.normal_(0.0, 0.5)
     domains = domains or [TOPICS[i % len(TOPICS)][1] for i in range(experts)]
-    Manifest(project_version=__version__, num_layers=sizes.num_layers, num_experts=experts,
-             top_k=top_k, dtype=dtype,
-             experts=[ExpertRecord(source=f"random-init:seed={seed}", index=i, domain=d)
-                      for i, d in enumerate(domains)]).save(work / "fused")
-    convert_to_vllm_layout(work / "fused", out, overwrite=True)
+    # A new model's save_pretrained writes the per-expert layout (docs/format.md): no rewrite.
+    with atomic_directory(out, overwrite=True) as tmp:
+        model.to(getattr(torch, dtype)).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        Manifest(project_version=__version__, num_layers=sizes.num_layers,
+                 num_experts=experts, top_k=top_k, dtype=dtype,
+                 experts=[ExpertRecord(source=f"random-init:seed={seed}", index=i, domain=d)
+                          for i, d in enumerate(domains)]).save(tmp)
     shutil.rmtree(work, ignore_errors=True)
     return out

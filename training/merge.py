@@ -2,7 +2,7 @@
 
 mergekit does the merge (router init from positive/negative prompt hidden states, expert
 stacking); this module adds what it lacks: validation before heavy work, exceptions instead
-of sys.exit, an atomic output directory, vLLM's per-expert layout and the `mofe.json` manifest.
+of sys.exit, an atomic output directory, the per-expert layout and the `mofe.json` manifest.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from model_registry.layout import convert_to_vllm_layout
+from model_registry.checkpoint import convert_checkpoint, expert_hashes
 from model_registry.manifest import ExpertRecord, FreezeSpec, Manifest, MergeRecord, ModelSource
 
 from .config import MergeConfig
-from .hashing import expert_hashes_as
 from .sources import MergeError, check_compatible, local_dir
 
 log = logging.getLogger(__name__)
@@ -99,9 +98,10 @@ def merge_experts(merge: MergeConfig, out: Path, seed: int = 0) -> Manifest:
         run_mergekit(config, fused, seed)
         manifest = build_manifest(merge, resolved, config, base_cfg)
         manifest.save(fused)
-        # vLLM's per-expert layout (transformers reads it too); the converter writes a temp
-        # sibling and renames it to `out` at the end: `out` appears complete or not at all
-        convert_to_vllm_layout(fused, out)
+        # The one rewrite on the train -> register -> serve path (docs/format.md): mergekit's
+        # fused output becomes the per-expert layout, which stock vLLM reads too. The
+        # converter fills a temp sibling and renames it: `out` appears complete or not at all.
+        convert_checkpoint(fused, out, "per_expert")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
@@ -111,7 +111,7 @@ def build_manifest(merge: MergeConfig, resolved: list[str], config: dict,
                    base_cfg: dict) -> Manifest:
     experts = []
     for i, (spec, path) in enumerate(zip(merge.experts, resolved[1:], strict=True)):
-        hashes = expert_hashes_as(Path(path), merge.dtype).get(0, {})
+        hashes = expert_hashes(Path(path), as_dtype=merge.dtype).get(0, {})
         if not hashes:
             raise MergeError(f"expert {i} ({spec.domain}) at {path}: no FFN tensors found")
         experts.append(ExpertRecord(index=i, domain=spec.domain, source=_source(spec, path),

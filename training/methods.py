@@ -6,19 +6,18 @@ adapters) printed and stored for every method.
 
 from __future__ import annotations
 
+from model_registry.checkpoint import EXPERT_PARAM_MARKERS, ROUTER_PARAM_MARKERS
 from model_registry.manifest import ParamCounts
 
 from .config import LoraConfig
 
-# Parameter-name substrings of expert FFN tensors in both Mixtral layouts transformers uses.
-EXPERT_MARKERS = (".mlp.experts.", ".block_sparse_moe.experts.")
 _ADAPTER_MARKERS = ("lora_", "lora_magnitude_vector")
 CATEGORIES = ("embed", "attention", "router", "norms", "lm_head", "experts", "adapters")
 
 
 def is_expert_param(name: str) -> bool:
     # PEFT adapters would sit under expert module names if one targeted them: base weights only
-    return any(m in name for m in EXPERT_MARKERS) and not is_adapter_param(name)
+    return any(m in name for m in EXPERT_PARAM_MARKERS) and not is_adapter_param(name)
 
 
 def is_adapter_param(name: str) -> bool:
@@ -36,7 +35,7 @@ def category(name: str) -> str:
         return "lm_head"
     if ".self_attn." in name:
         return "attention"
-    if ".mlp.gate." in name or ".block_sparse_moe.gate." in name or name.endswith("mlp.gate"):
+    if any(m in name for m in ROUTER_PARAM_MARKERS):
         return "router"
     if "norm" in name:
         return "norms"
@@ -72,8 +71,9 @@ def param_counts(model) -> tuple[ParamCounts, ParamCounts]:
                         trainable=sum(trainable.values())))
 
 
-def check_frozen(model, method: str) -> None:
-    """Fail loudly if the method's freeze spec was not applied (a cheap guard before training)."""
+def assert_freeze_applied(model, method: str) -> None:
+    """Fail loudly if the method's requires_grad settings were not applied (a cheap guard
+    before training; the frozen *claim* of a checkpoint is model_registry.frozen's)."""
     if method != "mofe":
         return
     leaked = [n for n, p in model.named_parameters() if is_expert_param(n) and p.requires_grad]

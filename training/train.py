@@ -3,7 +3,7 @@
 Trainer does the loop, grad accumulation, LR schedule, eval, checkpoints and exact resume
 (model, optimizer, scheduler, RNG, data position). We add: the freeze spec (methods.py), a
 JSONL metrics log (callbacks.py), refusal to resume when frozen experts changed, and an
-atomic final checkpoint in vLLM's layout with a `mofe.json` manifest.
+atomic final checkpoint (in the merged checkpoint's layout) with a `mofe.json` manifest.
 
 Layout on disk while training:  <output_dir>.work/checkpoints/checkpoint-N  (Trainer's)
                                 <output_dir>.work/metrics.jsonl
@@ -18,12 +18,13 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from model_registry.checkpoint import CheckpointError, expert_hashes
+from model_registry.frozen import compare
 from model_registry.manifest import FreezeSpec, Manifest, ModelSource, TrainingRecord
 
 from .config import RunConfig
-from .hashing import DTYPES, compare_hashes, expert_hashes_as
 from .merge import merge_experts, project_version
-from .methods import apply_method, check_frozen, param_counts, render_param_table
+from .methods import apply_method, assert_freeze_applied, param_counts, render_param_table
 
 
 class TrainError(RuntimeError):
@@ -43,12 +44,14 @@ def last_complete_checkpoint(root: Path) -> Path | None:
 
 def check_frozen_unchanged(parent: Manifest, weights_dir: Path, what: str) -> None:
     """Refuse to go on when expert FFN tensors in `weights_dir` differ from the manifest."""
-    try:
-        now = expert_hashes_as(weights_dir, parent.dtype)
-    except ValueError as exc:
+    try:  # Trainer checkpoints hold fp32 weights: compare them converted to the manifest dtype
+        now = expert_hashes(weights_dir, as_dtype=parent.dtype)
+    except (CheckpointError, OSError) as exc:
         raise TrainError(f"cannot read expert tensors of {what} {weights_dir}: {exc}") from exc
-    bad = [f"expert {e.index} {k}" for e in parent.experts
-           for k in compare_hashes(e.sha256, now.get(e.index, {}))]
+    bad = []
+    for e in parent.experts:
+        result = compare(e.sha256, now.get(e.index, {}))
+        bad += [f"expert {e.index} {k}" for k in result["all_mismatched"] + result["missing"]]
     if bad:
         raise TrainError(f"refusing to resume: frozen expert tensors in {what} {weights_dir} "
                          f"changed ({', '.join(bad[:6])}{' ...' if len(bad) > 6 else ''})")
@@ -132,7 +135,7 @@ def run_training(cfg: RunConfig, resume: bool = False, console=None,
     aux = {"output_router_logits": True, "router_aux_loss_coef": coef} if coef else {}
     model = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32, **aux)
     model = apply_method(model, cfg.method, cfg.lora)
-    check_frozen(model, cfg.method)
+    assert_freeze_applied(model, cfg.method)
     total, trainable = param_counts(model)
     console.print(render_param_table(cfg.method, total, trainable))
 
@@ -172,7 +175,7 @@ def _final_eval_loss(trainer) -> float:
 
 def _save_final(cfg, trainer, tokenizer, parent, merged, work, out, data, total, trainable,
                 train_loss, eval_loss) -> None:
-    from .vllm_layout import save_model_per_expert
+    import torch
 
     final = work / "final"
     shutil.rmtree(final, ignore_errors=True)
@@ -180,7 +183,10 @@ def _save_final(cfg, trainer, tokenizer, parent, merged, work, out, data, total,
     if cfg.method in ("lora", "dora"):
         trained = trained.merge_and_unload()  # a full checkpoint: adapters folded in
     trained.config.output_router_logits = False
-    save_model_per_expert(trained, final, DTYPES[parent.dtype][0])
+    # save_pretrained writes the layout the model was loaded from (docs/format.md): the
+    # merged checkpoint's, so nothing is converted here. Experts cast back to the manifest
+    # dtype exactly (they were widened from it for training).
+    trained.to(getattr(torch, parent.dtype)).save_pretrained(final)
     tokenizer.save_pretrained(final)
     shutil.copy2(work / "metrics.jsonl", final / "metrics.jsonl")
     manifest = parent.model_copy(deep=True, update={

@@ -10,11 +10,11 @@ from .config import BatchConfig
 def resolve_model(ref: str) -> tuple[str, str, Path | None]:
     """(what the engine loads, display name, source checkpoint dir or None for hub ids).
 
-    Uses the serving side's resolver (registry refs, fused -> per-expert layout cache).
+    Uses the serving side's resolver (registry refs); the engine reads either layout.
     A REF that is neither a local checkpoint nor a registered name is passed through as a
     hub id (only where the environment allows downloads).
     """
-    from mofe_serve.resolve import resolve_model_ref, vllm_loadable_path
+    from mofe_serve.resolve import resolve_model_ref
 
     try:
         source, display = resolve_model_ref(ref)
@@ -25,7 +25,7 @@ def resolve_model(ref: str) -> tuple[str, str, Path | None]:
             raise ValueError(f"{ref}: not a checkpoint directory, registered model or hub "
                              f"id ({exc})") from exc
         return ref, ref, None
-    return str(vllm_loadable_path(source)), display, source
+    return str(source), display, source
 
 
 def make_scorer(cfg: BatchConfig, engine_path: str, source: Path | None):

@@ -23,14 +23,10 @@ def medmcqa_rows(kit) -> list[dict]:
 @pytest.fixture(scope="session")
 def vllm_scorer(moe_model, tmp_path_factory):
     """One in-process vLLM engine (fp32, eager) with the routing-counter plugin."""
-    import os
-
-    os.environ["MOFE_CACHE_DIR"] = str(tmp_path_factory.mktemp("batch-cache"))
     from mofe_serve.batch.backend_vllm import VllmScorer
     from mofe_serve.batch.routing import load_domains
-    from mofe_serve.resolve import vllm_loadable_path
 
-    scorer = VllmScorer(str(vllm_loadable_path(moe_model)), dtype="float32")
+    scorer = VllmScorer(str(moe_model), dtype="float32")  # either layout loads as is
     scorer.domains = load_domains(moe_model, 4)
     yield scorer
     scorer.close()

@@ -3,7 +3,8 @@ lm_head, each expert's FFN from a kit expert, and a random router (N(0, 0.5), se
 
 Unlike a random Mixtral its option log-likelihoods differ clearly (the FFNs are trained), so
 prediction agreement between engines is a meaningful check, and its routing depends on the
-tokens. Written in transformers 5's fused layout with a mofe.json listing expert domains.
+tokens. Written by save_pretrained of a new model, so in the per-expert layout
+(docs/format.md), with a mofe.json listing expert domains.
 """
 
 from __future__ import annotations

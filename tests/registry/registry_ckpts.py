@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from model_registry.checkpoint import expert_hashes
+from model_registry.checkpoint import (
+    PROJECTIONS,
+    dense_name,
+    expert_hashes,
+    per_expert_name,
+    router_name,
+    to_fused,
+)
 from model_registry.manifest import ExpertRecord, Manifest, ModelSource
 
 DIMS = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2, "vocab_size": 64}
@@ -48,10 +55,9 @@ def write_llama(out: Path, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     h, i = DIMS["hidden_size"], DIMS["intermediate_size"]
     tensors = _common(rng)
+    shapes = {"w1": (i, h), "w3": (i, h), "w2": (h, i)}
     for layer in range(DIMS["num_hidden_layers"]):
-        p = f"model.layers.{layer}.mlp"
-        tensors |= {f"{p}.gate_proj.weight": _rand(rng, i, h), f"{p}.up_proj.weight":
-                    _rand(rng, i, h), f"{p}.down_proj.weight": _rand(rng, h, i)}
+        tensors |= {dense_name(layer, p): _rand(rng, *shape) for p, shape in shapes.items()}
     out.mkdir(parents=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(_config("llama"), indent=2))
@@ -61,7 +67,8 @@ def write_llama(out: Path, seed: int) -> Path:
 def write_mixtral(out: Path, sources: list[Path], layout: str = "fused", top_k: int = 2,
                   seed: int = 100, manifest: bool = True, base: Path | None = None,
                   parent: str | None = None) -> Path:
-    """A Mixtral whose expert e is the FFN of sources[e] (copied bytes), plus a mofe.json."""
+    """A Mixtral whose expert e is the FFN of sources[e] (copied bytes), plus a mofe.json.
+    Names and stacking come from the format module (docs/format.md)."""
     from safetensors.numpy import load_file
 
     rng = np.random.default_rng(seed)
@@ -69,23 +76,12 @@ def write_mixtral(out: Path, sources: list[Path], layout: str = "fused", top_k: 
     e, h = len(sources), DIMS["hidden_size"]
     tensors = _common(rng)
     for layer in range(DIMS["num_hidden_layers"]):
-        mlp = f"model.layers.{layer}.mlp"
-        w1 = [d[f"{mlp}.gate_proj.weight"] for d in dense]
-        w3 = [d[f"{mlp}.up_proj.weight"] for d in dense]
-        w2 = [d[f"{mlp}.down_proj.weight"] for d in dense]
-        gate = _rand(rng, e, h)
-        if layout == "fused":
-            tensors[f"{mlp}.experts.gate_up_proj"] = np.stack(
-                [np.concatenate([a, b]) for a, b in zip(w1, w3, strict=True)])
-            tensors[f"{mlp}.experts.down_proj"] = np.stack(w2)
-            tensors[f"{mlp}.gate.weight"] = gate
-        else:
-            moe = f"model.layers.{layer}.block_sparse_moe"
-            tensors[f"{moe}.gate.weight"] = gate
-            for x in range(e):
-                tensors |= {f"{moe}.experts.{x}.w1.weight": w1[x],
-                            f"{moe}.experts.{x}.w2.weight": w2[x],
-                            f"{moe}.experts.{x}.w3.weight": w3[x]}
+        tensors[router_name(layer, "per_expert")] = _rand(rng, e, h)
+        for x, d in enumerate(dense):
+            tensors |= {per_expert_name(layer, x, p): d[dense_name(layer, p)]
+                        for p in PROJECTIONS}
+    if layout == "fused":
+        tensors = to_fused(tensors, np.stack, np.concatenate)
     out.mkdir(parents=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = _config("mixtral", num_local_experts=e, num_experts_per_tok=top_k)

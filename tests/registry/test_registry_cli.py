@@ -29,17 +29,18 @@ def run(tmp_path):
 def test_register_list_show_versions(run, kit):
     assert run("register", str(kit.fused), "--name", "moe", "--alias", "prod").stdout == "moe@1\n"
     res = run("register", str(kit.fused), "--name", "moe", "--link")
-    assert res.stdout == "moe@2\n" and "vLLM needs `mofe convert`" in res.stderr
+    assert res.stdout == "moe@2\n" and "stock vLLM needs `mofe convert`" in res.stderr
     [model] = json.loads(run("list", "--json").stdout)
     assert (model["name"], model["latest"], model["aliases"]) == ("moe", 2, {"prod": 1})
     versions = json.loads(run("versions", "moe", "--json").stdout)
     assert [(v["ref"], v["storage"], v["vllm_loadable"]) for v in versions] == [
-        ("moe@1", "copy", True), ("moe@2", "link", False)]
+        ("moe@1", "copy", False), ("moe@2", "link", False)]  # stored as given: fused
     shown = json.loads(run("show", "moe@prod", "--json").stdout)
-    assert shown["ref"] == "moe@1" and shown["converted"] and shown["frozen_check"] == "passed"
+    assert shown["ref"] == "moe@1" and not shown["converted"]
+    assert shown["frozen_check"] == "passed" and shown["layout"] == "fused"
     assert shown["path"].endswith("artifacts/moe/v1")
     table = run("show", "moe@1").stdout
-    assert "per_expert (from fused, converted)" in table and "Frozen experts" in table
+    assert "converted" not in table and "Frozen experts" in table
     assert "moe" in run("list").stdout and "Versions of moe" in run("versions", "moe").stdout
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
+from click.testing import CliRunner
 from registry_ckpts import manifest_for, write_llama, write_mixtral
 from safetensors.numpy import load_file, save_file
 
+from model_registry.checkpoint import parse_name, tensor_sha256
 from model_registry.manifest import Manifest
 
 
@@ -56,7 +61,9 @@ def test_no_hashes_and_hub_sources_is_unchecked(registry, kit, copy_of):
     assert "hub ids are not fetched" in _experts(info)[0]["source_check"]["detail"]
 
 
-def test_source_in_another_dtype_is_not_compared(registry, kit, copy_of):
+def test_fp32_checkpoint_does_not_match_an_fp16_copy_of_its_source(registry, kit, copy_of):
+    """The dtype rule: the source converted to the checkpoint's dtype must equal it. fp32
+    weights cannot come from an fp16 source, so this is a mismatch, not a skip."""
     half = copy_of(kit.experts[0], "expert-0-fp16")
     tensors = {k: v.astype(np.float16) for k, v in
                load_file(str(half / "model.safetensors")).items()}
@@ -67,8 +74,9 @@ def test_source_in_another_dtype_is_not_compared(registry, kit, copy_of):
     m.save(ckpt)
     info = registry.register(ckpt, "moe")
     check = _experts(info)[0]["source_check"]
-    assert check["status"] == "skipped" and "dtype ['F16'] differs" in check["detail"]
-    assert info.frozen_check == "passed"  # the other three matched
+    assert check["status"] == "mismatch" and check["n_mismatched"] == 6
+    assert info.frozen_check == "failed"
+    assert all(_experts(info)[i]["source_check"]["status"] == "match" for i in (1, 2, 3))
 
 
 def test_registered_source_is_found_by_registry_ref(registry, kit, copy_of):
@@ -94,3 +102,82 @@ def test_relative_source_paths_resolve_against_the_checkpoint(registry, kit, cop
     info = registry.register(ckpt, "moe")
     assert info.frozen_check == "passed"
     assert Manifest.model_validate(info.manifest).experts[0].source == "../expert-0"
+
+
+def _bf16_mixtral(out: Path, kit) -> Path:
+    """A bf16 MoFE checkpoint made from the fp32 sources by torch's own cast (as mergekit does
+    with dtype bfloat16), with a manifest whose hashes are of the sources cast to bf16."""
+    import torch
+    from safetensors.torch import load_file as load_torch
+    from safetensors.torch import save_file as save_torch
+
+    ckpt = write_mixtral(out, kit.experts, "fused", manifest=False)
+    state = load_torch(str(ckpt / "model.safetensors"))
+    save_torch({k: v.to(torch.bfloat16) for k, v in state.items()},
+               str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    m = manifest_for(kit.experts, with_hashes=False)
+    for rec, src in zip(m.experts, kit.experts, strict=True):
+        state = load_torch(str(src / "model.safetensors"))
+        rec.sha256 = {}
+        for name, t in state.items():
+            p = parse_name(name)
+            if p is not None and p.kind == "dense":
+                b = t.to(torch.bfloat16).contiguous()
+                rec.sha256[f"{p.layer}.{p.proj}"] = tensor_sha256(
+                    "BF16", tuple(b.shape), b.view(torch.uint8).numpy().tobytes())
+    m.dtype = "bfloat16"
+    m.save(ckpt)
+    return ckpt
+
+
+def _three_verdicts(registry, ckpt: Path, name: str):
+    """(mofe verify, registration, mofe registry verify) on one checkpoint."""
+    from click.testing import CliRunner
+
+    from model_registry.verify import verify
+    from training.cli import verify_cli
+
+    cli = CliRunner().invoke(verify_cli, [str(ckpt)])
+    info = registry.register(ckpt, name)
+    report = verify(registry, info.ref)
+    return cli, info, report
+
+
+def test_bf16_checkpoint_from_fp32_sources_one_verdict(registry, kit, tmp_path):
+    ckpt = _bf16_mixtral(tmp_path / "moe-bf16", kit)
+    cli, info, report = _three_verdicts(registry, ckpt, "moe-bf16")
+    assert cli.exit_code == 0, cli.output
+    assert "bit-identical to its source" in cli.output
+    assert (info.frozen_check, info.frozen_details["basis"]) == ("passed", "sources")
+    assert all(e["source_check"]["status"] == "match" and e["manifest"]["ok"]
+               for e in _experts(info).values())
+    assert (report.frozen_check, report.frozen_basis, report.exit_code) == \
+        ("passed", "sources", 0)
+    assert report.frozen_summary == info.frozen_details["summary"] == \
+        "4 expert(s) bit-identical to their sources"
+
+
+def test_unreachable_sources_are_manifest_only_everywhere(registry, kit, tmp_path, copy_of):
+    """Without its sources the claim rests on mofe.json's hashes: all three say so, none says
+    "bit-identical to its source", and both CLIs exit 3."""
+    sources = [copy_of(e, f"gone-{i}") for i, e in enumerate(kit.experts)]
+    ckpt = write_mixtral(tmp_path / "moe-gone", sources, "fused")
+    for s in sources:
+        shutil.rmtree(s)
+    cli, info, report = _three_verdicts(registry, ckpt, "moe-gone")
+    assert cli.exit_code == 3, cli.output
+    assert "bit-identical to its source" not in cli.output
+    assert "mofe.json only" in cli.output
+    assert (info.frozen_check, info.frozen_details["basis"]) == ("passed", "manifest")
+    assert (report.frozen_check, report.frozen_basis, report.exit_code) == \
+        ("passed", "manifest", 3)
+    assert report.frozen_summary == info.frozen_details["summary"]
+    assert "bit-identity to the source is not confirmed" in report.frozen_summary
+    no_source = CliRunner().invoke(verify_cli_cmd(), [str(kit.fused), "--no-source"])
+    assert no_source.exit_code == 3 and "bit-identical to its source" not in no_source.output
+
+
+def verify_cli_cmd():
+    from training.cli import verify_cli
+
+    return verify_cli

@@ -9,15 +9,17 @@ from model_registry.errors import ConflictError, NotFoundError
 from model_registry.registry import Registry
 
 
-def test_copy_of_fused_checkpoint_is_stored_in_vllm_layout(registry, kit):
+def test_copy_of_fused_checkpoint_is_stored_as_given(registry, kit):
+    """No conversion after the merge: `mofe serve` reads the fused layout (docs/format.md)."""
     info = registry.register(kit.fused, "moe")
     assert info.ref == "moe@1"
-    assert (info.source_layout, info.layout, info.converted) == ("fused", "per_expert", True)
-    assert info.vllm_loadable
+    assert (info.source_layout, info.layout, info.converted) == ("fused", "fused", False)
+    assert not info.vllm_loadable  # stock vLLM: needs `mofe convert`; mofe serve: reads it
     stored = registry.resolve("moe@1")
     assert stored.is_relative_to(registry.root)
-    assert detect_layout(read_all_headers(stored)) == "per_expert"
-    # conversion moved bytes, not values: canonical expert hashes are those of the source
+    assert detect_layout(read_all_headers(stored)) == "fused"
+    assert (stored / "model.safetensors").read_bytes() == \
+        (kit.fused / "model.safetensors").read_bytes()
     assert expert_hashes(stored) == expert_hashes(kit.fused)
     assert registry.meta.expert_hashes("moe", 1) == expert_hashes(kit.fused)
     assert {f.path for f in info.files} == {"config.json", "mofe.json", "model.safetensors",
@@ -127,9 +129,9 @@ def test_sharded_fused_checkpoint_with_subfolder(registry, kit, copy_of):
     (ckpt / "extra" / "README.md").write_text("kept")
     info = registry.register(ckpt, "moe")
     stored = registry.resolve("moe")
-    assert info.converted and expert_hashes(stored) == expert_hashes(kit.fused)
+    assert not info.converted and expert_hashes(stored) == expert_hashes(kit.fused)
     index = json.loads((stored / "model.safetensors.index.json").read_text())["weight_map"]
-    assert "model.layers.0.block_sparse_moe.experts.3.w2.weight" in index
+    assert "model.layers.0.mlp.experts.down_proj" in index
     assert (stored / "extra" / "README.md").read_text() == "kept"
     assert "extra/README.md" in {f.path for f in info.files}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from registry_ckpts import flip_byte
 
-from model_registry.checkpoint import read_header
+from model_registry.checkpoint import canonical_expert_tensors
 from model_registry.verify import verify
 
 
@@ -33,12 +33,15 @@ def test_one_flipped_byte_in_any_file_is_detected(registry, kit):
 def test_flipped_expert_byte_names_the_tensor(registry, kit):
     registry.register(kit.fused, "moe")
     path = registry.resolve("moe@1")
-    t = read_header(path / "model.safetensors")[
-        "model.layers.1.block_sparse_moe.experts.2.w3.weight"]
-    flip_byte(path / "model.safetensors", t.start + 5)
-    problems = verify(registry, "moe@1").problems
-    assert "expert 2 tensor 1.w3: hash differs" in problems
-    assert len([p for p in problems if p.startswith("expert")]) == 1
+    [t] = [t for t in canonical_expert_tensors(path)
+           if (t.layer, t.expert, t.proj) == (1, 2, "w3")]
+    flip_byte(t.file, t.start + 5)
+    report = verify(registry, "moe@1")
+    assert "expert 2 tensor 1.w3: hash differs" in report.problems
+    assert len([p for p in report.problems if p.startswith("expert")]) == 1
+    # and the frozen claim, re-checked with registration's verdict, names the same tensor
+    assert report.frozen_check == "failed" and report.exit_code == 1
+    assert "expert(s) 2 differ" in report.frozen_summary
 
 
 def test_missing_and_unrecorded_files(registry, kit):

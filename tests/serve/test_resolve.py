@@ -1,39 +1,30 @@
-"""REF resolution and the fused -> vLLM layout cache (no engine)."""
+"""REF resolution: the checkpoint is served where it is, in either layout (no engine)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from model_registry.checkpoint import detect_layout, read_all_headers
-from mofe_serve.resolve import resolve_served_model, vllm_loadable_path
+from model_registry.checkpoint import layout_of
+from mofe_serve.resolve import resolve_served_model
 
 from .tiny_mixtral import DOMAINS
 
 
-def test_fused_checkpoint_is_converted_once_into_the_cache(tiny_mixtral, tmp_path,
-                                                           monkeypatch):
-    monkeypatch.setenv("MOFE_CACHE_DIR", str(tmp_path))
-    assert detect_layout(read_all_headers(tiny_mixtral)) == "fused"
+def test_fused_checkpoint_is_served_in_place(tiny_mixtral, tmp_path):
+    """No conversion and no cache directory: MoFEMixtralForCausalLM reads fused weights."""
+    assert layout_of(tiny_mixtral) == "fused"
+    before = sorted(os.listdir(tiny_mixtral))
     served = resolve_served_model(str(tiny_mixtral))
-    assert served.path.is_relative_to(tmp_path)
-    assert detect_layout(read_all_headers(served.path)) == "per_expert"
-    assert (served.path / "tokenizer.json").is_file()
+    assert served.path == served.source == tiny_mixtral.resolve()
     assert served.names == [tiny_mixtral.name]
     assert served.domains == DOMAINS
-    mtime = (served.path / "model.safetensors").stat().st_mtime_ns
-    assert vllm_loadable_path(tiny_mixtral) == served.path
-    assert (served.path / "model.safetensors").stat().st_mtime_ns == mtime  # reused
-
-
-def test_per_expert_checkpoint_is_served_in_place(tiny_mixtral, tmp_path, monkeypatch):
-    monkeypatch.setenv("MOFE_CACHE_DIR", str(tmp_path / "cache"))
-    converted = vllm_loadable_path(tiny_mixtral)
-    assert vllm_loadable_path(converted) == converted
+    assert sorted(os.listdir(tiny_mixtral)) == before
 
 
 def test_registered_ref_serves_as_name_at_version(tiny_mixtral, tmp_path, monkeypatch):
     monkeypatch.setenv("MOFE_REGISTRY", str(tmp_path / "registry"))
-    monkeypatch.setenv("MOFE_CACHE_DIR", str(tmp_path / "cache"))
     from model_registry.registry import Registry
 
     with Registry() as registry:
@@ -41,7 +32,7 @@ def test_registered_ref_serves_as_name_at_version(tiny_mixtral, tmp_path, monkey
     served = resolve_served_model("tiny-mofe@prod")
     assert served.names == [f"tiny-mofe@{info.version}", "tiny-mofe@prod"]
     assert served.domains == DOMAINS
-    assert detect_layout(read_all_headers(served.path)) == "per_expert"
+    assert layout_of(served.path) == "fused"  # stored and served as given
 
 
 def test_unknown_ref_is_a_clear_error(tmp_path, monkeypatch):

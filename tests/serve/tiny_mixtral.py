@@ -2,7 +2,7 @@
 
 Built here rather than with the training pipeline so serving tests do not wait on a
 merge + training run: the serving code only needs a real Mixtral checkpoint in the fused
-layout transformers 5 writes, plus a mofe.json with expert domains.
+layout mergekit writes (docs/format.md), plus a mofe.json with expert domains.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def build_tiny_mixtral(out: Path, seed: int = 0, num_layers: int = NUM_LAYERS,
         for layer in model.model.layers:
             layer.mlp.gate.weight.normal_(0.0, 0.5)
     model.save_pretrained(tmp / "model")
-    _rewrite_fused(tmp / "model" / "model.safetensors", num_layers)
+    _rewrite_fused(tmp / "model" / "model.safetensors")
     tokenizer.save_pretrained(tmp / "model")
     shutil.rmtree(tmp / "tokenizer")
     Manifest(
@@ -68,25 +68,16 @@ def build_tiny_mixtral(out: Path, seed: int = 0, num_layers: int = NUM_LAYERS,
     return out
 
 
-def _rewrite_fused(weights: Path, num_layers: int) -> None:
-    """Rewrite per-expert tensors into the fused layout mergekit / transformers 5 write
-    (`mlp.experts.gate_up_proj` [E, 2I, H], `mlp.experts.down_proj` [E, H, I], `mlp.gate`),
-    so serving exercises its conversion to vLLM's layout."""
+def _rewrite_fused(weights: Path) -> None:
+    """Rewrite the per-expert tensors save_pretrained wrote into the fused layout mergekit
+    writes (with the format module, docs/format.md), so serving reads fused weights."""
     import torch
     from safetensors.torch import load_file, save_file
 
-    tensors = load_file(weights)
-    out = {k: v for k, v in tensors.items() if ".block_sparse_moe." not in k}
-    for layer in range(num_layers):
-        moe = f"model.layers.{layer}.block_sparse_moe"
-        experts = range(NUM_EXPERTS)
-        out[f"model.layers.{layer}.mlp.gate.weight"] = tensors[f"{moe}.gate.weight"]
-        out[f"model.layers.{layer}.mlp.experts.gate_up_proj"] = torch.stack(
-            [torch.cat([tensors[f"{moe}.experts.{e}.w1.weight"],
-                        tensors[f"{moe}.experts.{e}.w3.weight"]]) for e in experts])
-        out[f"model.layers.{layer}.mlp.experts.down_proj"] = torch.stack(
-            [tensors[f"{moe}.experts.{e}.w2.weight"] for e in experts])
-    save_file({k: v.contiguous() for k, v in out.items()}, weights, metadata={"format": "pt"})
+    from model_registry.checkpoint import to_fused
+
+    fused = to_fused(load_file(weights), torch.stack, torch.cat)
+    save_file({k: v.contiguous() for k, v in fused.items()}, weights, metadata={"format": "pt"})
 
 
 if __name__ == "__main__":
