@@ -44,12 +44,12 @@ def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str |
     from .launcher import RoutingOptions, parse_vllm_args, run, vllm_argv
     from .resolve import resolve_served_model
 
+    if metrics_require_key and not (api_key or os.environ.get("VLLM_API_KEY")):
+        raise click.UsageError("--metrics-require-key needs --api-key (or MOFE_API_KEY)")
     try:
         served = resolve_served_model(ref, list(served_model_names))
     except (LookupError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    if metrics_require_key and not (api_key or os.environ.get("VLLM_API_KEY")):
-        raise click.UsageError("--metrics-require-key needs --api-key (or MOFE_API_KEY)")
     argv = vllm_argv(served, host, port, api_key, enforce_eager, list(ctx.args))
     try:
         args = parse_vllm_args(argv)

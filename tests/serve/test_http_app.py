@@ -112,3 +112,14 @@ def test_only_exceptions_from_validation_are_client_errors():
     with pytest.raises(AttributeError) as outside:
         (5).get("x")
     assert not raised_while_validating(outside.value)
+
+
+def test_metrics_require_key_needs_a_key(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from mofe_cli.main import cli
+
+    monkeypatch.delenv("MOFE_API_KEY", raising=False)
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path), "--metrics-require-key"])
+    assert result.exit_code == 2 and "--metrics-require-key needs --api-key" in result.output
