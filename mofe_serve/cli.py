@@ -5,6 +5,8 @@ Imports nothing heavy at module level: vLLM is imported once the command runs.
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
@@ -17,7 +19,10 @@ import click
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--api-key", default=None, envvar="MOFE_API_KEY",
-              help="Require 'Authorization: Bearer KEY' on /v1/* (env MOFE_API_KEY).")
+              help="Require 'Authorization: Bearer KEY' on every route but /health, /ping, "
+                   "/version, /metrics and the API docs (env MOFE_API_KEY).")
+@click.option("--metrics-require-key", is_flag=True,
+              help="Put /metrics behind --api-key too (the scraper must send the key).")
 @click.option("--served-model-name", "served_model_names", multiple=True,
               help="Name(s) clients use; repeatable. Default: NAME@VERSION and the REF.")
 @click.option("--enforce-eager", is_flag=True, help="Disable torch.compile / CUDA graphs.")
@@ -29,7 +34,8 @@ import click
 @click.pass_context
 def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str | None,
               served_model_names: tuple[str, ...], enforce_eager: bool,
-              routing_metrics_per_layer: bool, routing_poll_interval: float) -> None:
+              routing_metrics_per_layer: bool, routing_poll_interval: float,
+              metrics_require_key: bool) -> None:
     """Serve REF (NAME, NAME@VERSION, NAME@ALIAS or a checkpoint path) with vLLM.
 
     Any further options (--dtype, --max-model-len, ...) go to vLLM's engine unchanged.
@@ -38,6 +44,8 @@ def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str |
     from .launcher import RoutingOptions, parse_vllm_args, run, vllm_argv
     from .resolve import resolve_served_model
 
+    if metrics_require_key and not (api_key or os.environ.get("VLLM_API_KEY")):
+        raise click.UsageError("--metrics-require-key needs --api-key (or MOFE_API_KEY)")
     try:
         served = resolve_served_model(ref, list(served_model_names))
     except (LookupError, ValueError, FileNotFoundError) as exc:
@@ -45,6 +53,7 @@ def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str |
     argv = vllm_argv(served, host, port, api_key, enforce_eager, list(ctx.args))
     try:
         args = parse_vllm_args(argv)
+        args.mofe_metrics_require_key = metrics_require_key  # read by mofe_serve.app
         routing = RoutingOptions(per_layer=routing_metrics_per_layer,
                                  poll_interval_s=routing_poll_interval)
     except ValueError as exc:

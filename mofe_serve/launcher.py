@@ -88,33 +88,27 @@ async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions) -
 
 async def _build_and_serve(engine_client, listen_address, sock, args, served, routing):
     import prometheus_client
-    from starlette.middleware import Middleware
     from vllm import envs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-    from vllm.entrypoints.launchers.app import build_app
     from vllm.entrypoints.launchers.launcher import serve_http
     from vllm.entrypoints.launchers.utils.server_utils import get_uvicorn_log_config
 
-    from .auth import use_openai_auth_errors
+    from .app import build_mofe_app
     from .metrics import RoutingCollector
-    from .routing.api_router import RequestActivity, attach_router
+    from .openai_compat import install_openai_compat
     from .routing.poller import RoutingPoller
     from .routing.serving import ServingRouting
     from .routing.state import RoutingState
-
-    supported_tasks = await engine_client.get_supported_tasks()
-    app = build_app(args, supported_tasks, engine_client.model_config)
-    attach_router(app)
-    use_openai_auth_errors(app)
-    await init_app_state(engine_client, app.state, args, supported_tasks)
 
     hf_config = engine_client.model_config.hf_config
     state = RoutingState(hf_config.num_hidden_layers, hf_config.num_local_experts,
                          hf_config.num_experts_per_tok)
     poller = RoutingPoller(engine_client, state, interval_s=routing.poll_interval_s)
-    # build_app already built the middleware stack: insert ours and rebuild on first request.
-    app.user_middleware.insert(0, Middleware(RequestActivity, on_activity=poller.note_activity))
-    app.middleware_stack = None
+    supported_tasks = await engine_client.get_supported_tasks()
+    app = build_mofe_app(args, supported_tasks, engine_client.model_config,
+                         on_activity=poller.note_activity)
+    await init_app_state(engine_client, app.state, args, supported_tasks)
+    install_openai_compat(app)
     await poller.start()
     app.state.mofe_routing = ServingRouting(served.names[0], served.domains, state, poller)
     collector = RoutingCollector(served.names[0], served.domains, state.snapshot,

@@ -11,11 +11,14 @@ the engine. Metric names are a contract with deploy/ (dashboards, alerts): do no
     mofe_expert_share_max{model,layer}    gauge, window
     mofe_expert_share_min{model,layer}    gauge, window
     mofe_experts_idle{model,layer}        gauge, window: experts with no token
+    mofe_routing_snapshot_age_seconds{model}  gauge: now - time of the last successful read
+                                              of the worker counters (stale data alert)
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -50,8 +53,10 @@ class RoutingCollector:
     """
 
     def __init__(self, model: str, domains: Sequence[str] | None,
-                 snapshot_fn: Callable[[], RoutingSnapshot | None], per_layer: bool = True):
+                 snapshot_fn: Callable[[], RoutingSnapshot | None], per_layer: bool = True,
+                 clock: Callable[[], float] = time.time):
         self.model = model
+        self.clock = clock
         self.domains = list(domains or [])
         self.snapshot_fn = snapshot_fn
         self.per_layer = per_layer
@@ -90,7 +95,13 @@ class RoutingCollector:
                 "mofe_experts_idle", "Experts that received no token in the window",
                 labels=["model", "layer"]),
         }
+        age = GaugeMetricFamily(
+            "mofe_routing_snapshot_age_seconds", "Seconds since the routing counters were "
+            "last read from the engine (grows while the engine is dead or stuck)",
+            labels=["model"])
         if snap is not None:
+            # taken_at is when the successful read was sent: the age never under-reports.
+            age.add_metric([self.model], max(0.0, self.clock() - snap.taken_at))
             self._add_counters(snap, tokens, gate, routed)
             for layer, counts in enumerate(snap.window_tokens):
                 for key, value in window_stats(counts).items():
@@ -99,6 +110,7 @@ class RoutingCollector:
         yield gate
         yield routed
         yield from gauges.values()
+        yield age
 
     def _add_counters(self, snap: RoutingSnapshot, tokens, gate, routed) -> None:
         if self.per_layer:

@@ -1,6 +1,6 @@
 """Thin FastAPI routes for the routing API; logic lives in serving.py.
 
-Paths are under /v1, so vLLM's API-key middleware guards them like the OpenAI routes.
+With --api-key set, the key guards them like every other route (mofe_serve.auth).
 """
 
 from __future__ import annotations
@@ -8,8 +8,9 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ..errors import error_response
 from .protocol import RoutingResetResponse, RoutingResponse
-from .serving import RoutingNotReady, ServingRouting
+from .serving import RoutingNotReady, RoutingUnavailable, ServingRouting
 
 router = APIRouter()
 
@@ -18,23 +19,24 @@ def _routing(request: Request) -> ServingRouting:
     return request.app.state.mofe_routing
 
 
-def _error(message: str, status: int, kind: str) -> JSONResponse:
-    # OpenAI error shape, like vLLM's own errors.
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None,
-                                   "code": status}}, status_code=status)
+def _unavailable(exc: Exception) -> JSONResponse:
+    return error_response(str(exc), 503, "ServiceUnavailableError")
 
 
 @router.get("/v1/routing", response_model=RoutingResponse)
 async def get_routing(request: Request):
     try:
         return _routing(request).get()
-    except RoutingNotReady as exc:
-        return _error(str(exc), 503, "ServiceUnavailableError")
+    except (RoutingNotReady, RoutingUnavailable) as exc:
+        return _unavailable(exc)
 
 
 @router.post("/v1/routing/reset", response_model=RoutingResetResponse)
 async def reset_routing(request: Request):
-    return await _routing(request).reset()
+    try:
+        return await _routing(request).reset()
+    except RoutingUnavailable as exc:
+        return _unavailable(exc)
 
 
 def attach_router(app: FastAPI) -> None:

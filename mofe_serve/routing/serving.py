@@ -13,6 +13,10 @@ class RoutingNotReady(RuntimeError):
     pass
 
 
+class RoutingUnavailable(RuntimeError):
+    """The engine is dead (or did not answer): counts cannot be read or reset."""
+
+
 def domain_shares(window_tokens: list[list[int]], domains: Sequence[str]) -> dict[str, float]:
     """Share of all routed slots (every layer, every top-k choice) that went to each domain."""
     names = [domains[e] if e < len(domains) else "unknown" for e in range(len(window_tokens[0]))]
@@ -32,7 +36,19 @@ class ServingRouting:
     def snapshot(self) -> RoutingSnapshot | None:
         return self.state.snapshot()
 
+    def engine_dead(self) -> bool:
+        # vLLM's AsyncLLM.errored: engine core process gone or its output handler stopped.
+        return bool(getattr(self.poller.engine_client, "errored", False))
+
+    def _check_engine(self) -> None:
+        if self.engine_dead():
+            snap = self.state.snapshot()
+            last = f" (last read at unix time {snap.taken_at:.3f})" if snap else ""
+            raise RoutingUnavailable("the engine is dead: routing counts can no longer be "
+                                     f"read{last}")
+
     def get(self) -> RoutingResponse:
+        self._check_engine()  # the cached counts would be stale, not the window's
         snap = self.state.snapshot()
         if snap is None:
             raise RoutingNotReady("routing counters have not been read from the engine yet")
@@ -43,8 +59,13 @@ class ServingRouting:
             updated_at=snap.taken_at)
 
     async def reset(self) -> RoutingResetResponse:
+        self._check_engine()
         # A fresh read (not the cache), so the new window starts exactly now.
-        worker_snapshot, _ = await self.poller.read_worker()
+        try:
+            worker_snapshot, _ = await self.poller.read_worker()
+        except Exception as exc:  # engine died or did not answer within the RPC timeout
+            raise RoutingUnavailable(f"could not read routing counts from the engine: "
+                                     f"{type(exc).__name__}: {exc}") from exc
         self.state.reset_window(worker_snapshot)
         snap = self.state.snapshot()
         return RoutingResetResponse(model=self.model, since=snap.since)

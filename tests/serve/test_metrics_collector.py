@@ -83,3 +83,16 @@ def test_empty_window_stats_and_domain_shares():
                                        "idle": 3.0}
     assert domain_shares([[3, 1], [1, 3]], ["med", "gen"]) == {"med": 0.5, "gen": 0.5}
     assert domain_shares([[0, 0]], ["med"]) == {"med": 0.0, "unknown": 0.0}
+
+
+def test_snapshot_age_gauge_counts_from_the_last_successful_read():
+    state = RoutingState(num_layers=2, num_experts=4, top_k=2)
+    state.update({"tokens": TOKENS, "gate_weight": GATES}, taken_at=1000.0)
+    now = [1000.5]
+    collector = RoutingCollector("m@1", [], state.snapshot, clock=lambda: now[0])
+    age = _scrape(collector)["mofe_routing_snapshot_age_seconds"]
+    assert [(s.labels, s.value) for s in age] == [({"model": "m@1"}, 0.5)]
+    now[0] = 1090.0  # no successful read since: the age keeps growing
+    assert _scrape(collector)["mofe_routing_snapshot_age_seconds"][0].value == 90.0
+    assert _scrape(RoutingCollector("m@1", [], lambda: None))[
+        "mofe_routing_snapshot_age_seconds"] == []
