@@ -55,10 +55,10 @@ def counter_series(per_minute: dict[str, list[int]]) -> list[dict]:
 def rules_file(rendered, tmp_path_factory):
     """The gpu overlay's PrometheusRule as a plain rules file (annotations are templates for
     people; promtool would compare them verbatim, so they are left out)."""
-    groups = [g for o in find(rendered["gpu"], "PrometheusRule") for g in o["spec"]["groups"]]
-    for group in groups:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
+    # A copy: `rendered` is shared by the whole session.
+    groups = [{**g, "rules": [{k: v for k, v in rule.items() if k != "annotations"}
+                              for rule in g["rules"]]}
+              for o in find(rendered["gpu"], "PrometheusRule") for g in o["spec"]["groups"]]
     path = tmp_path_factory.mktemp("promtool") / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": groups}))
     return path
