@@ -121,10 +121,9 @@ def run_identity(cfg, model_ref: str, source: Path | None, backend: str,
     sha, how = model_content_sha256(model_ref, source)
     template = "lm-eval default"
     if cfg.template is not None:
-        path = Path(cfg.template)
-        text = (path.read_text() if len(cfg.template) < 4096 and path.is_file()
-                else cfg.template)
-        template = f"sha256:{_sha256_text(text)}"
+        from .prompts import template_source
+
+        template = f"sha256:{_sha256_text(template_source(cfg.template))}"
     return {
         "model": model_ref, "model_sha256": sha, "model_hash_source": how,
         "task": cfg.task, "shots": cfg.shots,

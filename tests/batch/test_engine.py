@@ -116,7 +116,7 @@ def test_per_question_routing_is_exact_per_row(vllm_scorer, medmcqa_rows, tmp_pa
 def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, medmcqa_rows,
                                                                    tmp_path):
     """Every prompt starts with the same preamble, longer than several KV blocks (the
-    session engine uses block size 16) and than the CPU default block (128). With prefix
+    session engine uses block size 32) and than the CPU default block (128). With prefix
     caching on, the later chunks' preamble blocks come from the cache and never reach the
     router; counts must still cover every scored prompt token in every layer."""
     preamble = "You are a careful medical expert answering exam questions. " * 10
@@ -133,13 +133,14 @@ def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, 
     report = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
     after = vllm_scorer.routing_snapshot()
     results = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(results) == 8 and report["prefix_caching"] is False
+    assert len(results) == 8
     scored = sum(r["num_tokens"] for r in results)
     top_k = 2
     per_layer = [sum(a) - sum(b) for a, b in zip(after, before, strict=True)]
     assert per_layer == [top_k * scored] * len(per_layer)
     routed = sum(sum(r["routed_tokens"].values()) for r in results)
     assert routed == pytest.approx(len(per_layer) * top_k * scored)
+    assert report["prefix_caching"] is False
 
 
 def test_vllm_resume_with_other_settings_is_refused_before_scoring(vllm_scorer, moe_model,
