@@ -125,8 +125,9 @@ def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, 
     rows = [{**r, "subject_name": "Shared"} for r in medmcqa_rows[:8]]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "o.jsonl"
+    (tmp_path / "t.j2").write_text(template)
     cfg = BatchConfig(model="tiny-moe", task="medmcqa", input=src, output=out, chunk_size=2,
-                      template=template, progress=False, dtype="float32")
+                      template=str(tmp_path / "t.j2"), progress=False, dtype="float32")
     prefix_tokens = len(vllm_scorer.tokenizer(preamble)["input_ids"])
     assert prefix_tokens > 128  # longer than one block of any default size
     before = vllm_scorer.routing_snapshot()
