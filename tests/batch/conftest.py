@@ -10,6 +10,16 @@ import pytest
 from .tiny_moe import build_tiny_moe
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """File hashes `mofe batch` caches (provenance) go to a temp dir, not the user's cache;
+    subprocesses inherit it."""
+    import os
+
+    if "MOFE_CACHE_DIR" not in os.environ:
+        os.environ["MOFE_CACHE_DIR"] = str(tmp_path_factory.mktemp("batch-cache"))
+
+
 @pytest.fixture(scope="session")
 def moe_model(kit, tmp_path_factory) -> Path:
     return build_tiny_moe(kit, tmp_path_factory.mktemp("batch-model") / "tiny-moe")
