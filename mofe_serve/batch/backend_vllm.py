@@ -6,7 +6,9 @@ All questions of a chunk go to the engine in one `generate` call so vLLM batches
 - Otherwise one request per option over context + continuation with `prompt_logprobs=0`
   (the log-probability of each prompt token), summing the continuation's entries.
 `max_tokens=1` means the sampled token is never fed back, so routing counts cover exactly
-the scored prompt tokens. vLLM computes logprobs from the raw logits in float32.
+the scored prompt tokens. Prompt blocks served from vLLM's prefix cache never pass through
+the router, so prefix caching is off whenever routing is counted (on otherwise).
+vLLM computes logprobs from the raw logits in float32.
 """
 
 from __future__ import annotations
@@ -22,16 +24,23 @@ class VllmScorer:
     name = "vllm"
 
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None,
-                 seed: int = 0, enforce_eager: bool = True, count_routing: bool = True):
+                 seed: int = 0, enforce_eager: bool = True, count_routing: bool = True,
+                 block_size: int | None = None):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         from vllm import LLM
 
         kwargs: dict = {}
         self.mixtral = routing.is_mixtral(Path(model))
-        if self.mixtral and count_routing:
+        counting = self.mixtral and count_routing
+        if counting:
             kwargs.update(routing.engine_kwargs())
+        if block_size is not None:
+            kwargs["block_size"] = block_size
+        # Cached prompt blocks skip the router: exact counts need every prompt token computed.
+        self.prefix_caching = not counting
         self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                       enforce_eager=enforce_eager, **kwargs)
+                       enforce_eager=enforce_eager, enable_prefix_caching=self.prefix_caching,
+                       **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         config = self.llm.llm_engine.model_config
         self.max_len = config.max_model_len - 1  # room for the one (unused) sampled token

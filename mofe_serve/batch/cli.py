@@ -49,6 +49,7 @@ def batch_cli(ref, task, input_, output, shots, dev, seed, endpoint, api_key, se
     from pydantic import ValidationError
 
     from .config import BatchConfig
+    from .provenance import OutputBusyError
     from .questions import BatchInputError
     from .runner import run_batch
 
@@ -65,7 +66,7 @@ def batch_cli(ref, task, input_, output, shots, dev, seed, endpoint, api_key, se
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731
     try:
         report = run_batch(cfg, log=log)
-    except (BatchInputError, FileNotFoundError, ValueError) as exc:
+    except (BatchInputError, OutputBusyError, FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     except Exception as exc:
         if type(exc).__module__.startswith("openai"):  # endpoint errors: status and message

@@ -40,13 +40,18 @@ def mmlu_description(subject: str) -> str:
             f"{subject.replace('_', ' ')}.\n\n")
 
 
+def template_source(template: str) -> str:
+    """--template: the file's text if a file of that name exists, else the text itself."""
+    try:
+        is_file = "\n" not in template and Path(template).is_file()
+    except OSError:  # e.g. a template text longer than a file name may be
+        is_file = False
+    return Path(template).read_text() if is_file else template
+
+
 def load_template(template: str | None, task: str) -> jinja2.Template:
     """--template: a file path if one exists, else the template text itself."""
-    if template is None:
-        source = DEFAULT_TEMPLATES[task]
-    else:
-        path = Path(template)
-        source = path.read_text() if len(template) < 4096 and path.is_file() else template
+    source = DEFAULT_TEMPLATES[task] if template is None else template_source(template)
     env = jinja2.Environment(keep_trailing_newline=True, undefined=jinja2.StrictUndefined)
     try:
         return env.from_string(source)

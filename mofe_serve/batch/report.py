@@ -38,7 +38,16 @@ def _acc(correct: int, n: int) -> dict:
 def summarize(output: Path, run: dict) -> dict:
     groups: dict[str, dict] = defaultdict(lambda: {"n": 0, "correct": 0, "correct_norm": 0,
                                                    "unlabeled": 0, "routed": defaultdict(float)})
+    seen: set[str] = set()
+    duplicates = 0
     for row in read_rows(output):
+        # An id counts once (its first line) even if the file holds it twice: rows appended
+        # by hand, by two runs that raced before the lock existed, or by any other accident.
+        rid = str(row.get("id"))
+        if rid in seen:
+            duplicates += 1
+            continue
+        seen.add(rid)
         for key in ("__all__", row.get("subject") or "unknown"):
             g = groups[key]
             if row.get("correct") is None:
@@ -61,7 +70,7 @@ def summarize(output: Path, run: dict) -> dict:
 
     overall = block(groups.pop("__all__")) if "__all__" in groups else block(
         {"n": 0, "correct": 0, "correct_norm": 0, "unlabeled": 0, "routed": {}})
-    return {**run, "overall": overall,
+    return {**run, "overall": overall, "duplicate_rows_ignored": duplicates,
             "subjects": {s: block(g) for s, g in sorted(groups.items())}}
 
 
@@ -83,6 +92,9 @@ def to_markdown(report: dict) -> str:
              f"the engine; {report['load_seconds']:.1f} s model load)"]
     if report.get("interrupted"):
         lines.append("- **interrupted** (Ctrl-C): rerun the same command to finish")
+    if report.get("duplicate_rows_ignored"):
+        lines.append(f"- {report['duplicate_rows_ignored']} duplicate result lines ignored "
+                     "(each id counted once, first line wins)")
     if report.get("truncated_prompts"):
         lines.append(f"- {report['truncated_prompts']} prompts left-truncated to the context")
     if report.get("cop_base") is not None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 
 from .backends import make_scorer, resolve_model
 from .config import BatchConfig, pre_pass
 from .output import ResultWriter, repair_and_read_ids
 from .prompts import PromptBuilder
+from .provenance import OutputLock, check_or_record, run_identity
 from .questions import Skips, iter_questions, load_dev
 from .readers import position_label
 from .report import summarize, write_reports
@@ -38,12 +40,26 @@ def run_batch(cfg: BatchConfig, scorer=None, log=print) -> dict:
         for _ in iter_questions(cfg, pre.cop_base, Skips(cfg.input, label), strict=True):
             pass
     dev = load_dev(cfg, pre.cop_base)
+    # One writer per output: the lock is taken before the output is repaired or read.
+    with OutputLock(cfg.output):
+        return _run_locked(cfg, scorer, log, pre, label, dev, started)
+
+
+def _run_locked(cfg: BatchConfig, scorer, log, pre, label: str, dev, started: float) -> dict:
     done = repair_and_read_ids(cfg.output)
-    t0 = time.time()
     own_scorer = scorer is None
-    display = cfg.model
-    if own_scorer:  # a caller-provided scorer (tests, notebooks) already holds its model
+    if own_scorer:  # cheap: resolving a REF loads and converts nothing
         engine_path, display, source = resolve_model(cfg.model)
+    else:  # a caller-provided scorer (tests, notebooks): cfg.model names it, maybe a path
+        path = Path(cfg.model)
+        source = path.resolve() if (path / "config.json").is_file() else None
+        display = path.name if source else cfg.model
+    # Refuse a resume with other settings before any model is loaded.
+    identity = run_identity(cfg, display, source, scorer.name if scorer else cfg.backend,
+                            pre.cop_base)
+    check_or_record(cfg.output, bool(done), identity)
+    t0 = time.time()
+    if own_scorer:  # a caller-provided scorer (tests, notebooks) already holds its model
         scorer = make_scorer(cfg, engine_path, source)
     load_seconds = time.time() - t0
     loaded_at = time.time()
@@ -152,6 +168,9 @@ def run_batch(cfg: BatchConfig, scorer=None, log=print) -> dict:
         "scoring_seconds": finished_at - loaded_at, "engine_seconds": counts["seconds"],
         "wall_seconds": time.time() - started,
         "routing_granularity": _granularity(cfg, scorer),
+        # off whenever routing is counted: cached prompt blocks would skip the router
+        "prefix_caching": getattr(scorer, "prefix_caching", None),
+        "provenance": identity,
     }
     run["throughput_qps"] = counts["scored"] / run["scoring_seconds"] if counts["scored"] else 0.0
     report = summarize(cfg.output, run)

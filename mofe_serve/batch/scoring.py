@@ -2,7 +2,8 @@
 
 Tokenization follows lm-eval's HF backend (`TemplateLM._encode_pair`): trailing whitespace
 of the context moves onto the continuation, `context + continuation` is encoded whole with
-the tokenizer's default special tokens, and the continuation tokens are the whole encoding
+the tokenizer's default special tokens (none added when the text already starts with the
+BOS string, e.g. written by a chat template), and the continuation tokens are the whole encoding
 minus the first len(encode(context)) tokens. The model input is encode(context) followed by
 those continuation tokens. The option's log-likelihood is the sum of log p(token) over the
 continuation tokens.
@@ -39,8 +40,10 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     if n_spaces > 0:
         continuation = context[-n_spaces:] + continuation
         context = context[:-n_spaces]
-    whole = tokenizer.encode(context + continuation)
-    context_enc = tokenizer.encode(context)
+    bos = getattr(tokenizer, "bos_token", None)
+    special = not (bos and context.startswith(bos))  # a BOS already written is not doubled
+    whole = tokenizer.encode(context + continuation, add_special_tokens=special)
+    context_enc = tokenizer.encode(context, add_special_tokens=special)
     return context_enc, whole[len(context_enc):]
 
 
@@ -60,12 +63,15 @@ def build_items(tokenizer, jobs: list[tuple[str, list[str]]],
     one string at a time) and each context encoded once. A job that cannot be scored comes
     back as a ValueError in its place."""
     texts: list[str] = []
+    written_bos: list[bool] = []  # per text: the prompt already starts with the BOS string
+    bos = getattr(tokenizer, "bos_token", None)
     for context, continuations in jobs:
         n_spaces = len(context) - len(context.rstrip())
         head = context[:-n_spaces] if n_spaces else context
         texts.append(head)
         texts.extend(context + c for c in continuations)  # tail whitespace joins the option
-    encoded = tokenizer(texts)["input_ids"] if texts else []
+        written_bos += [bool(bos) and context.startswith(bos)] * (1 + len(continuations))
+    encoded = _encode(tokenizer, texts, written_bos)
     items: list[ScoreItem | ValueError] = []
     k = 0
     for _, continuations in jobs:
@@ -74,6 +80,21 @@ def build_items(tokenizer, jobs: list[tuple[str, list[str]]],
         k += 1 + len(continuations)
         items.append(_checked(ctx, conts, continuations, max_len))
     return items
+
+
+def _encode(tokenizer, texts: list[str], written_bos: list[bool]) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's default special tokens, except where the
+    text already starts with the BOS string (a chat template that writes `{{ bos_token }}`):
+    those are encoded with add_special_tokens=False so BOS is not doubled, as
+    lm-evaluation-harness does for chat-templated prompts."""
+    out: list[list[int]] = [[] for _ in texts]
+    for plain in (True, False):
+        idx = [i for i, w in enumerate(written_bos) if w != plain]
+        if idx:
+            ids = tokenizer([texts[i] for i in idx], add_special_tokens=plain)["input_ids"]
+            for i, row in zip(idx, ids, strict=True):
+                out[i] = row
+    return out
 
 
 def _checked(ctx: list[int], conts: list[list[int]], texts: list[str],

@@ -10,6 +10,16 @@ import pytest
 from .tiny_moe import build_tiny_moe
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """File hashes `mofe batch` caches (provenance) go to a temp dir, not the user's cache;
+    subprocesses inherit it."""
+    import os
+
+    if "MOFE_CACHE_DIR" not in os.environ:
+        os.environ["MOFE_CACHE_DIR"] = str(tmp_path_factory.mktemp("batch-cache"))
+
+
 @pytest.fixture(scope="session")
 def moe_model(kit, tmp_path_factory) -> Path:
     return build_tiny_moe(kit, tmp_path_factory.mktemp("batch-model") / "tiny-moe")
@@ -22,11 +32,17 @@ def medmcqa_rows(kit) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def vllm_scorer(moe_model, tmp_path_factory):
-    """One in-process vLLM engine (fp32, eager) with the routing-counter plugin."""
+    """One in-process vLLM engine (fp32, eager) with the routing-counter plugin.
+
+    Block size 32, the smallest vLLM's CPU attention accepts ("MultipleOf(32)"; the CPU
+    default is 128, GPU's 16), so that prompts sharing a prefix span whole KV blocks, as
+    shared few-shot or system prefixes do on GPU.
+    """
     from mofe_serve.batch.backend_vllm import VllmScorer
     from mofe_serve.batch.routing import load_domains
 
-    scorer = VllmScorer(str(moe_model), dtype="float32")  # either layout loads as is
+    scorer = VllmScorer(str(moe_model), dtype="float32",
+                        block_size=32)  # either layout loads as is
     scorer.domains = load_domains(moe_model, 4)
     yield scorer
     scorer.close()

@@ -111,3 +111,58 @@ def test_per_question_routing_is_exact_per_row(vllm_scorer, medmcqa_rows, tmp_pa
         assert sum(r["routed_tokens"].values()) == 4 * 2 * r["num_tokens"]
         shares.add(round(r["expert_share"]["medical"], 6))
     assert len(shares) > 1  # shares really are per question, not one chunk's
+
+
+def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, medmcqa_rows,
+                                                                   tmp_path):
+    """Every prompt starts with the same preamble, longer than several KV blocks (the
+    session engine uses block size 32) and than the CPU default block (128). With prefix
+    caching on, the later chunks' preamble blocks come from the cache and never reach the
+    router; counts must still cover every scored prompt token in every layer."""
+    preamble = "You are a careful medical expert answering exam questions. " * 10
+    template = preamble + "\nQuestion: {{ question }}\n" + \
+        "{% for o in options %}{{ letters[loop.index0] }}. {{ o }}\n{% endfor %}Answer:"
+    rows = [{**r, "subject_name": "Shared"} for r in medmcqa_rows[:8]]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "o.jsonl"
+    (tmp_path / "t.j2").write_text(template)
+    cfg = BatchConfig(model="tiny-moe", task="medmcqa", input=src, output=out, chunk_size=2,
+                      template=str(tmp_path / "t.j2"), progress=False, dtype="float32")
+    prefix_tokens = len(vllm_scorer.tokenizer(preamble)["input_ids"])
+    assert prefix_tokens > 128  # longer than one block of any default size
+    before = vllm_scorer.routing_snapshot()
+    report = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
+    after = vllm_scorer.routing_snapshot()
+    results = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(results) == 8
+    scored = sum(r["num_tokens"] for r in results)
+    top_k = 2
+    per_layer = [sum(a) - sum(b) for a, b in zip(after, before, strict=True)]
+    assert per_layer == [top_k * scored] * len(per_layer)
+    routed = sum(sum(r["routed_tokens"].values()) for r in results)
+    assert routed == pytest.approx(len(per_layer) * top_k * scored)
+    assert report["prefix_caching"] is False
+
+
+def test_vllm_resume_with_other_settings_is_refused_before_scoring(vllm_scorer, moe_model,
+                                                                  medmcqa_rows, tmp_path):
+    from mofe_serve.batch.provenance import ProvenanceMismatch
+
+    src = write_jsonl(tmp_path / "in.jsonl", medmcqa_rows[:4])
+    out = tmp_path / "o.jsonl"
+    cfg = BatchConfig(model=str(moe_model), task="medmcqa", input=src, output=out,
+                      progress=False, dtype="float32")
+    first = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
+    record = json.loads(Path(str(out) + ".provenance.json").read_text())
+    assert record["backend"] == "vllm" and record["dtype"] == "float32"
+    assert len(record["model_sha256"]) == 64 and record["model_hash_source"] == "files"
+    assert first["provenance"] == record
+    before = out.read_bytes()
+    with pytest.raises(ProvenanceMismatch, match=r"dtype: 'float32' \(in the output\) vs "
+                                                  r"'bfloat16' \(this run\)"):
+        run_batch(cfg.model_copy(update={"dtype": "bfloat16"}), scorer=vllm_scorer,
+                  log=lambda m: None)
+    assert out.read_bytes() == before  # nothing written, nothing scored
+    again = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)  # same settings: resumes
+    assert again["resumed"] == 4 and again["scored_this_run"] == 0
+    assert not Path(str(out) + ".lock").exists()

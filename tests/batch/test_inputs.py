@@ -184,3 +184,10 @@ def test_torn_last_line_is_cut_on_resume(tmp_path):
     out.write_text("not ours\n{\"id\": \"a\"}\n")
     with pytest.raises(ValueError):
         repair_and_read_ids(out)
+
+
+def test_a_long_template_text_is_not_taken_for_a_file_name():
+    q = parse_row("medmcqa", ROW, 1)
+    preamble = "A long preamble without any newline in it. " * 20  # > 255 bytes
+    assert PromptBuilder("medmcqa", preamble + "{{ question }}").context(q) == \
+        preamble + ROW["question"]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from mofe_serve.batch.output import repair_and_read_ids
+
 from .conftest import write_jsonl
 
 MOFE = str(Path(sys.executable).with_name("mofe"))
@@ -33,10 +35,10 @@ def big_input(tmp_path_factory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("batch-resume") / "in.jsonl", rows)
 
 
-def _start(kit: Path, src: Path, out: Path) -> subprocess.Popen:
+def _start(kit: Path, src: Path, out: Path, limit: int = LIMIT) -> subprocess.Popen:
     cmd = [MOFE, "batch", str(kit / "base"), "--task", "medmcqa", "--input", str(src),
            "--output", str(out), "--backend", "hf", "--dtype", "float32", "--limit",
-           str(LIMIT), "--chunk-size", "2", "--no-progress"]
+           str(limit), "--chunk-size", "2", "--no-progress"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
@@ -93,3 +95,31 @@ def test_sigint_stops_cleanly_with_whole_lines_and_a_report(kit, big_input, tmp_
     assert 5 < len(rows) < LIMIT
     report = json.loads(Path(str(out) + ".report.json").read_text())
     assert report["interrupted"] is True and report["overall"]["n"] == len(rows)
+
+
+def test_two_concurrent_runs_on_one_output_the_second_is_refused(kit, tmp_path):
+    """Real processes: while one run writes OUTPUT, a second on the same OUTPUT exits with
+    an error naming the first one's pid, before loading a model or touching the file; after
+    the first is SIGKILLed, its lock is gone with it and a rerun resumes."""
+    rows = [{"id": f"c{i:05d}", "question": f"Question {i} about the liver?", "opa": "heart",
+             "opb": "liver", "opc": "kidney", "opd": "lung", "cop": i % 4,
+             "subject_name": "Anatomy"} for i in range(3000)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    first = _start(kit, src, out, limit=3000)
+    try:
+        _wait_for_lines(first, out, 2)
+        second = _start(kit, src, out, limit=3000)
+        log = second.communicate(timeout=300)[0].decode()
+        assert first.poll() is None, "the first run ended before the second was refused"
+        assert second.returncode == 1, log
+        assert f"another mofe batch run (pid {first.pid}) is writing {out}" in log
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    written = len(repair_and_read_ids(out))  # whole lines (the kill may have torn one)
+    third = _start(kit, src, out, limit=written + 4)  # the dead run's lock does not linger
+    log = third.communicate(timeout=300)[0].decode()
+    assert third.returncode == 0, log
+    ids = _ids(out)
+    assert len(ids) == len(set(ids)) == written + 4
