@@ -11,7 +11,6 @@ the scored prompt tokens. vLLM computes logprobs from the raw logits in float32.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from . import routing
@@ -23,15 +22,13 @@ class VllmScorer:
 
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None,
                  seed: int = 0, enforce_eager: bool = True, count_routing: bool = True):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        from vllm import LLM
+        from mofe_serve.engine import build_llm, use_vllm_log_handlers
 
-        kwargs: dict = {}
+        use_vllm_log_handlers()
         self.mixtral = routing.is_mixtral(Path(model))
-        if self.mixtral and count_routing:
-            kwargs.update(routing.engine_kwargs())
-        self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                       enforce_eager=enforce_eager, **kwargs)
+        self.llm = build_llm(model, count_routing=self.mixtral and count_routing, dtype=dtype,
+                             max_model_len=max_model_len, seed=seed,
+                             enforce_eager=enforce_eager)
         self.tokenizer = self.llm.get_tokenizer()
         config = self.llm.llm_engine.model_config
         self.max_len = config.max_model_len - 1  # room for the one (unused) sampled token
@@ -77,7 +74,6 @@ class VllmScorer:
         return results
 
     def close(self) -> None:
-        # Shut the engine core process down now rather than at interpreter exit.
-        engine = getattr(self.llm, "llm_engine", None)
-        if engine is not None and hasattr(engine, "engine_core"):
-            engine.engine_core.shutdown()
+        from mofe_serve.engine import close_llm
+
+        close_llm(self.llm)
