@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import psutil
 import pytest
+from serve.server_proc import force_kill_lines, shm_entries, shm_left_behind
 
 from .tiny_moe import build_tiny_moe
 
@@ -30,10 +33,28 @@ def vllm_scorer(moe_model, tmp_path_factory):
     from mofe_serve.batch.routing import load_domains
     from mofe_serve.resolve import vllm_loadable_path
 
+    shm_before = shm_entries()
+    forced = _ForceKillLines()
+    logging.getLogger("vllm").addHandler(forced)
     scorer = VllmScorer(str(vllm_loadable_path(moe_model)), dtype="float32")
+    engine_procs = psutil.Process().children(recursive=True)
     scorer.domains = load_domains(moe_model, 4)
     yield scorer
     scorer.close()
+    # Closed in order: engine core and worker exited on their own, nothing left in /dev/shm.
+    logging.getLogger("vllm").removeHandler(forced)
+    _, alive = psutil.wait_procs(engine_procs, timeout=10)
+    assert not alive and not forced.lines, f"engine not closed cleanly: {alive} {forced.lines}"
+    assert not shm_left_behind(shm_before)
+
+
+class _ForceKillLines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines += force_kill_lines(record.getMessage())
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
