@@ -104,6 +104,7 @@ class KvCachePlan:
     wanted_bytes: int  # bytes_per_token x max_model_len x max_num_seqs
     cap_bytes: int
     available_bytes: int
+    weights_bytes: int
 
     def describe(self) -> str:
         return (f"reserving {self.reserve_bytes} bytes ({_gib(self.reserve_bytes)}) for the "
@@ -112,7 +113,8 @@ class KvCachePlan:
                 f"max_num_seqs {self.max_num_seqs} = {_gib(self.wanted_bytes)}, floor "
                 f"{_gib(KV_CACHE_FLOOR_BYTES)}, cap {_gib(self.cap_bytes)} "
                 f"({KV_CACHE_MAX_SHARE_OF_AVAILABLE:.0%} of {_gib(self.available_bytes)} "
-                "available). Set --kv-cache-memory-bytes or VLLM_CPU_KVCACHE_SPACE to choose.")
+                f"available less {_gib(self.weights_bytes)} of weights). Set "
+                "--kv-cache-memory-bytes or VLLM_CPU_KVCACHE_SPACE to choose.")
 
 
 def _gib(n: int) -> str:
@@ -120,24 +122,27 @@ def _gib(n: int) -> str:
 
 
 def plan_kv_cache(bytes_per_token: int, max_model_len: int, max_num_seqs: int,
-                  block_size: int, available_bytes: int, workers: int = 1) -> KvCachePlan:
+                  block_size: int, available_bytes: int, workers: int = 1,
+                  weights_bytes: int = 0) -> KvCachePlan:
     """KV-cache bytes per worker: enough for `max_num_seqs` sequences of `max_model_len`
-    tokens, at least `KV_CACHE_FLOOR_BYTES`, at most a share of the available memory split
-    over the workers. Raises when not even one full-length sequence fits (vLLM would refuse
-    to start with a less direct message)."""
+    tokens, at least `KV_CACHE_FLOOR_BYTES`, at most a share of the memory available once
+    the weights are loaded, split over the workers. Raises when not even one full-length
+    sequence fits (vLLM would refuse to start with a less direct message)."""
     wanted = bytes_per_token * max_model_len * max_num_seqs
     one_sequence = bytes_per_token * math.ceil(max_model_len / block_size) * block_size
-    cap = int(available_bytes * KV_CACHE_MAX_SHARE_OF_AVAILABLE) // max(workers, 1)
+    free_after_weights = max(available_bytes - weights_bytes, 0)
+    cap = int(free_after_weights * KV_CACHE_MAX_SHARE_OF_AVAILABLE) // max(workers, 1)
     reserve = min(max(wanted, KV_CACHE_FLOOR_BYTES, one_sequence), cap)
     if reserve < one_sequence:
         raise EngineSetupError(
             f"one sequence of --max-model-len {max_model_len} needs {_gib(one_sequence)} of "
             f"KV cache, but only {_gib(cap)} may be reserved "
-            f"({KV_CACHE_MAX_SHARE_OF_AVAILABLE:.0%} of {_gib(available_bytes)} available"
+            f"({KV_CACHE_MAX_SHARE_OF_AVAILABLE:.0%} of {_gib(available_bytes)} available "
+            f"less {_gib(weights_bytes)} of weights"
             + (f", split over {workers} workers" if workers > 1 else "")
             + "): lower --max-model-len or set --kv-cache-memory-bytes")
     return KvCachePlan(reserve, bytes_per_token, max_model_len, max_num_seqs, wanted, cap,
-                       available_bytes)
+                       available_bytes, weights_bytes)
 
 
 def kv_bytes_per_token(vllm_config) -> int:
@@ -149,6 +154,25 @@ def kv_bytes_per_token(vllm_config) -> int:
     layers = model.get_num_layers_by_block_type(parallel, "attention")
     return (layers * 2 * model.get_num_kv_heads(parallel) * model.get_head_size()
             * dtype.itemsize)
+
+
+def weights_bytes(model_config) -> int:
+    """Memory the weights will take: the checkpoint's weight files, scaled from the dtype
+    they are stored in to the dtype vLLM runs (0 for a hub id not on disk)."""
+    from pathlib import Path
+
+    import torch
+
+    path = Path(model_config.model)
+    files = (list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
+             if path.is_dir() else [])
+    size = sum(f.stat().st_size for f in files)
+    stored = getattr(model_config.hf_config, "dtype", None)
+    if isinstance(stored, str):
+        stored = getattr(torch, stored, None)
+    if isinstance(stored, torch.dtype) and stored.itemsize:
+        size = size * model_config.dtype.itemsize // stored.itemsize
+    return size
 
 
 def _available_memory() -> int:
@@ -177,7 +201,8 @@ def plan_cpu_kv_cache(vllm_config) -> KvCachePlan | None:
     return plan_kv_cache(
         kv_bytes_per_token(vllm_config), vllm_config.model_config.max_model_len,
         vllm_config.scheduler_config.max_num_seqs, vllm_config.cache_config.block_size,
-        _available_memory(), workers=parallel.world_size)
+        _available_memory(), workers=parallel.world_size,
+        weights_bytes=weights_bytes(vllm_config.model_config))
 
 
 def check_engine_config(vllm_config) -> KvCachePlan | None:
@@ -260,6 +285,8 @@ def shut_down_in_order(engine_client, loop: asyncio.AbstractEventLoop,
 def use_vllm_log_handlers() -> None:
     """Send `mofe_serve` log records through vLLM's handlers (format, level, stream), so our
     lines appear in the server log like vLLM's own."""
+    import vllm.logger  # noqa: F401  (configures vLLM's logging on import)
+
     ours, theirs = logging.getLogger("mofe_serve"), logging.getLogger("vllm")
     if ours.handlers or not theirs.handlers:
         return

@@ -28,6 +28,7 @@ from mofe_serve.engine import (
     plan_cpu_kv_cache,
     plan_kv_cache,
     shut_down_in_order,
+    weights_bytes,
 )
 
 GiB, MiB = 1 << 30, 1 << 20
@@ -43,6 +44,9 @@ def test_kv_plan_is_per_token_bytes_times_len_times_seqs_within_floor_and_cap():
     assert capped.reserve_bytes == int(16 * GiB * KV_CACHE_MAX_SHARE_OF_AVAILABLE)
     split = plan_kv_cache(22528, 32768, 256, 128, available_bytes=16 * GiB, workers=2)
     assert split.reserve_bytes == capped.reserve_bytes // 2
+    big_model = plan_kv_cache(22528, 32768, 256, 128, available_bytes=16 * GiB,
+                              weights_bytes=10 * GiB)
+    assert big_model.reserve_bytes == int(6 * GiB * KV_CACHE_MAX_SHARE_OF_AVAILABLE)
     text = capped.describe()
     assert f"reserving {capped.reserve_bytes} bytes" in text and "22528 B/token" in text
 
@@ -83,6 +87,9 @@ def test_kv_plan_from_a_real_config_and_user_sizes_win(served_path, monkeypatch)
     plan = plan_cpu_kv_cache(config)
     assert plan.max_model_len == 256 and plan.max_num_seqs == 8
     assert plan.reserve_bytes == KV_CACHE_FLOOR_BYTES
+    weights = sum(f.stat().st_size for f in served_path.glob("*.safetensors"))
+    assert plan.weights_bytes == weights  # stored in fp32, run in fp32
+    assert weights_bytes(_config(served_path).model_config) == weights // 2  # run in bf16
     given = _config(served_path, kv_cache_memory_bytes=300 * MiB)
     assert plan_cpu_kv_cache(given) is None
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
