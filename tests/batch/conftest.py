@@ -37,7 +37,9 @@ def vllm_scorer(moe_model, tmp_path_factory):
     forced = _ForceKillLines()
     logging.getLogger("vllm").addHandler(forced)
     scorer = VllmScorer(str(vllm_loadable_path(moe_model)), dtype="float32")
-    engine_procs = psutil.Process().children(recursive=True)
+    # Engine core and worker; multiprocessing's resource tracker lives as long as pytest.
+    engine_procs = [p for p in psutil.Process().children(recursive=True)
+                    if "resource_tracker" not in " ".join(p.cmdline())]
     scorer.domains = load_domains(moe_model, 4)
     yield scorer
     scorer.close()
