@@ -36,10 +36,11 @@ def vllm_scorer(moe_model, tmp_path_factory):
     shm_before = shm_entries()
     forced = _ForceKillLines()
     logging.getLogger("vllm").addHandler(forced)
+    running = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. test servers
     scorer = VllmScorer(str(vllm_loadable_path(moe_model)), dtype="float32")
-    # Engine core and worker; multiprocessing's resource tracker lives as long as pytest.
+    # Its engine core and worker; multiprocessing's resource tracker lives as long as pytest.
     engine_procs = [p for p in psutil.Process().children(recursive=True)
-                    if "resource_tracker" not in " ".join(p.cmdline())]
+                    if p.pid not in running and "resource_tracker" not in " ".join(p.cmdline())]
     scorer.domains = load_domains(moe_model, 4)
     yield scorer
     scorer.close()
