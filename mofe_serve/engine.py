@@ -211,6 +211,7 @@ def check_engine_config(vllm_config) -> KvCachePlan | None:
     check_parallelism(parallel.pipeline_parallel_size, parallel.data_parallel_size)
     plan = plan_cpu_kv_cache(vllm_config)
     if plan is not None:
+        use_vllm_log_handlers()
         logger.info("%s", plan.describe())
     return plan
 
@@ -282,15 +283,26 @@ def shut_down_in_order(engine_client, loop: asyncio.AbstractEventLoop,
     engine_client.shutdown = in_order
 
 
+class _VllmHandlers(logging.Handler):
+    """Hands records to the handlers vLLM's logger has when each record is emitted: vLLM
+    configures its logging lazily and may configure it again while building an engine."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        vllm_logger = logging.getLogger("vllm")
+        if not vllm_logger.isEnabledFor(record.levelno):
+            return
+        if not vllm_logger.handlers:
+            logging.lastResort.handle(record)
+        for handler in vllm_logger.handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
 def use_vllm_log_handlers() -> None:
     """Send `mofe_serve` log records through vLLM's handlers (format, level, stream), so our
-    lines appear in the server log like vLLM's own."""
-    import vllm.logger  # noqa: F401  (configures vLLM's logging on import)
-
-    ours, theirs = logging.getLogger("mofe_serve"), logging.getLogger("vllm")
-    if ours.handlers or not theirs.handlers:
-        return
-    for handler in theirs.handlers:
-        ours.addHandler(handler)
-    ours.setLevel(theirs.level)
-    ours.propagate = False
+    lines appear among vLLM's own, in the server log and in `mofe batch`'s output."""
+    ours = logging.getLogger("mofe_serve")
+    if not any(isinstance(h, _VllmHandlers) for h in ours.handlers):
+        ours.addHandler(_VllmHandlers())
+        ours.setLevel(logging.DEBUG)  # vLLM's level decides, in the handler
+        ours.propagate = False

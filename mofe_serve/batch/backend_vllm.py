@@ -22,9 +22,8 @@ class VllmScorer:
 
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None,
                  seed: int = 0, enforce_eager: bool = True, count_routing: bool = True):
-        from mofe_serve.engine import build_llm, use_vllm_log_handlers
+        from mofe_serve.engine import build_llm
 
-        use_vllm_log_handlers()
         self.mixtral = routing.is_mixtral(Path(model))
         self.llm = build_llm(model, count_routing=self.mixtral and count_routing, dtype=dtype,
                              max_model_len=max_model_len, seed=seed,
