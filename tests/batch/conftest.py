@@ -34,32 +34,35 @@ def vllm_scorer(moe_model, tmp_path_factory):
     from mofe_serve.resolve import vllm_loadable_path
 
     shm_before = shm_entries()
-    forced = _ForceKillLines()
-    logging.getLogger("vllm").addHandler(forced)
+    ours = _Lines()
+    logging.getLogger("mofe_serve").addHandler(ours)
     running = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. test servers
     scorer = VllmScorer(str(vllm_loadable_path(moe_model)), dtype="float32")
+    logging.getLogger("mofe_serve").removeHandler(ours)
+    # No VLLM_CPU_KVCACHE_SPACE in the suite: the scorer chose and logged a KV-cache size.
+    assert any("for the KV cache on CPU" in line for line in ours.lines), ours.lines
     # Its engine core and worker; multiprocessing's resource tracker lives as long as pytest.
     engine_procs = [p for p in psutil.Process().children(recursive=True)
                     if p.pid not in running and "resource_tracker" not in " ".join(p.cmdline())]
     scorer.domains = load_domains(moe_model, 4)
+    # Added after the engine exists: vLLM's logging set-up replaces its logger's handlers.
+    vllm_lines = _Lines()
+    logging.getLogger("vllm").addHandler(vllm_lines)
     yield scorer
     scorer.close()
     # Closed in order: engine core and worker exited on their own, nothing left in /dev/shm.
-    logging.getLogger("vllm").removeHandler(forced)
+    logging.getLogger("vllm").removeHandler(vllm_lines)
+    assert any("[shutdown] MPClient: complete" in line for line in vllm_lines.lines)
+    forced = force_kill_lines("\n".join(vllm_lines.lines))
     _, alive = psutil.wait_procs(engine_procs, timeout=10)
-    assert not alive and not forced.lines, f"engine not closed cleanly: {alive} {forced.lines}"
+    assert not alive and not forced, f"engine not closed cleanly: {alive} {forced}"
     assert not shm_left_behind(shm_before)
 
 
-class _ForceKillLines(logging.Handler):
+class _Lines(logging.Handler):
     def __init__(self):
         super().__init__()
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines += force_kill_lines(record.getMessage())
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
+        self.lines.append(record.getMessage())
