@@ -31,6 +31,7 @@ def vllm_scorer(moe_model, tmp_path_factory):
     os.environ["MOFE_CACHE_DIR"] = str(tmp_path_factory.mktemp("batch-cache"))
     from mofe_serve.batch.backend_vllm import VllmScorer
     from mofe_serve.batch.routing import load_domains
+    from mofe_serve.engine import ENGINE_EXIT_GRACE_S
     from mofe_serve.resolve import vllm_loadable_path
 
     shm_before = shm_entries()
@@ -52,7 +53,9 @@ def vllm_scorer(moe_model, tmp_path_factory):
     scorer.close()
     # Closed in order: engine core and worker exited on their own, nothing left in /dev/shm.
     logging.getLogger("vllm").removeHandler(vllm_lines)
-    assert any("[shutdown] MPClient: complete" in line for line in vllm_lines.lines)
+    # vLLM's own shutdown line, with the grace period engine.close_llm gave the processes.
+    assert any(f"MPClient: start timeout={ENGINE_EXIT_GRACE_S}s" in line
+               for line in vllm_lines.lines), vllm_lines.lines
     forced = force_kill_lines("\n".join(vllm_lines.lines))
     _, alive = psutil.wait_procs(engine_procs, timeout=10)
     assert not alive and not forced, f"engine not closed cleanly: {alive} {forced}"
