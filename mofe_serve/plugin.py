@@ -5,7 +5,7 @@ API server, the engine core and each worker. It only records an import string: n
 heavy is imported here.
 
 Selecting the architecture:
-- `mofe serve` passes `--hf-overrides '{"architectures": ["MoFEMixtralForCausalLM"]}'`.
+- `mofe serve` / `mofe batch` pass the `hf_overrides` of `engine.counting_engine_kwargs()`.
 - With vLLM's own server module, pass the same `--hf-overrides`, or set
   `MOFE_OVERRIDE_MIXTRAL=1` so every `MixtralForCausalLM` checkpoint loads our class.
 """
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 
-ARCHITECTURE = "MoFEMixtralForCausalLM"
-MODEL_CLASS = "mofe_serve.model:MoFEMixtralForCausalLM"
+from .engine import ARCHITECTURE, MODEL_CLASS
+
 OVERRIDE_ENV = "MOFE_OVERRIDE_MIXTRAL"
 
 

@@ -1,12 +1,11 @@
 """Worker extension (`--worker-extension-cls`): routing-counter RPCs for the API server.
 
-Called through `engine_client.collective_rpc("mofe_routing_...")`; the engine core runs
-them between steps, so they never interleave with a forward pass.
+Called through `collective_rpc(RoutingRpc.*)` (names in engine.py, which also names this
+class for vLLM); the engine core runs them between steps, so they never interleave with a
+forward pass.
 """
 
 from __future__ import annotations
-
-WORKER_EXTENSION = "mofe_serve.worker_ext.RoutingWorkerExtension"
 
 
 class RoutingWorkerExtension:

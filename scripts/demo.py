@@ -26,9 +26,10 @@ OUT = Path(os.environ.get("MOFE_DEMO_OUT", ROOT / "demo-out")).resolve()
 MOFE = [sys.executable, "-m", "mofe_cli"]
 API_KEY = "demo-key"
 console = Console()
+# No VLLM_CPU_KVCACHE_SPACE: `mofe serve` and `mofe batch` size the KV cache themselves.
 ENV = {**os.environ, "MOFE_REGISTRY": str(OUT / "registry"), "HF_HUB_OFFLINE": "1",
-       "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}
+       "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 def step(title: str, *args: str) -> str:
@@ -145,6 +146,7 @@ def main() -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     console.rule("[bold]5. serve tiny-mofe@prod")
+    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     log = open(OUT / "server.log", "w")
     server = subprocess.Popen([*MOFE, "serve", "tiny-mofe@prod", "--port", str(port),
                                "--api-key", API_KEY, "--enforce-eager"],
@@ -182,8 +184,13 @@ def main() -> None:
             os.killpg(server.pid, signal.SIGKILL)
             raise SystemExit("server did not stop within 60 s after SIGTERM") from None
         log.close()
-        console.print("no process left" if not leftover_processes(server.pid)
-                      else f"[red]left over: {leftover_processes(server.pid)}")
+        left = leftover_processes(server.pid)
+        time.sleep(1)  # resource trackers unlink a moment after their process exits
+        shm = sorted(set(os.listdir("/dev/shm")) - shm_before) if shm_before else []
+        forced = [line for line in (OUT / "server.log").read_text(errors="replace")
+                  .splitlines() if "force killing" in line]
+        console.print("no process, shared memory or forced kill left" if not (left or shm or forced)
+                      else f"[red]left over: processes {left}, /dev/shm {shm}, {forced}")
     console.rule("[bold]artifacts")
     for what, path in [("kit", kit), ("checkpoint", OUT / "checkpoint"),
                        ("registry", OUT / "registry"), ("routing plot", OUT / "routing.png"),

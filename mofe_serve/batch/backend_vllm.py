@@ -13,7 +13,6 @@ vLLM computes logprobs from the raw logits in float32.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from . import routing
@@ -26,21 +25,17 @@ class VllmScorer:
     def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None,
                  seed: int = 0, enforce_eager: bool = True, count_routing: bool = True,
                  block_size: int | None = None):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        from vllm import LLM
+        from mofe_serve.engine import build_llm
 
-        kwargs: dict = {}
         self.mixtral = routing.is_mixtral(Path(model))
         counting = self.mixtral and count_routing
-        if counting:
-            kwargs.update(routing.engine_kwargs())
-        if block_size is not None:
-            kwargs["block_size"] = block_size
         # Cached prompt blocks skip the router: exact counts need every prompt token computed.
         self.prefix_caching = not counting
-        self.llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                       enforce_eager=enforce_eager, enable_prefix_caching=self.prefix_caching,
-                       **kwargs)
+        kwargs = {"block_size": block_size} if block_size is not None else {}
+        self.llm = build_llm(model, count_routing=counting, dtype=dtype,
+                             max_model_len=max_model_len, seed=seed,
+                             enforce_eager=enforce_eager,
+                             enable_prefix_caching=self.prefix_caching, **kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         config = self.llm.llm_engine.model_config
         self.max_len = config.max_model_len - 1  # room for the one (unused) sampled token
@@ -86,7 +81,6 @@ class VllmScorer:
         return results
 
     def close(self) -> None:
-        # Shut the engine core process down now rather than at interpreter exit.
-        engine = getattr(self.llm, "llm_engine", None)
-        if engine is not None and hasattr(engine, "engine_core"):
-            engine.engine_core.shutdown()
+        from mofe_serve.engine import close_llm
+
+        close_llm(self.llm)

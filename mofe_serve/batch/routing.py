@@ -1,4 +1,4 @@
-"""Thin adapter over the serving plugin's routing counters (mofe_serve.plugin / worker_ext).
+"""Thin adapter over the serving plugin's routing counters (mofe_serve.engine / worker_ext).
 
 The plugin's `MoFEMixtralForCausalLM` keeps cumulative per-(layer, expert) token counts on
 the worker; `RoutingWorkerExtension` reads them over `collective_rpc`. Counts are only ever
@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mofe_serve.engine import RoutingRpc
+
 
 def is_mixtral(model_dir: Path) -> bool:
     config = Path(model_dir) / "config.json"
@@ -19,25 +21,17 @@ def is_mixtral(model_dir: Path) -> bool:
     return json.loads(config.read_text()).get("model_type") == "mixtral"
 
 
-def engine_kwargs() -> dict:
-    """vllm.LLM keyword arguments that select the counting Mixtral and its RPC extension."""
-    from mofe_serve.plugin import ARCHITECTURE
-    from mofe_serve.worker_ext import WORKER_EXTENSION
-
-    return {"hf_overrides": {"architectures": [ARCHITECTURE]},
-            "worker_extension_cls": WORKER_EXTENSION}
-
-
 class EngineRouting:
     """Cumulative [layer][expert] token counts of an in-process vllm.LLM."""
 
     def __init__(self, llm):
         self.llm = llm
-        self.llm.collective_rpc("mofe_routing_enable", args=(True,))
+        self.llm.collective_rpc(RoutingRpc.ENABLE, args=(True,))
 
     def snapshot(self) -> list[list[int]]:
-        # One dict per worker; with tensor parallelism each rank sees every token, so rank 0.
-        return self.llm.collective_rpc("mofe_routing_snapshot")[0]["tokens"]
+        # One dict per worker; with tensor parallelism each rank sees every token, so rank 0
+        # (pipeline and data parallelism are refused by mofe_serve.engine).
+        return self.llm.collective_rpc(RoutingRpc.SNAPSHOT)[0]["tokens"]
 
 
 def delta(after: list[list[int]], before: list[list[int]]) -> list[list[int]]:

@@ -20,11 +20,10 @@ import contextlib
 import logging
 import time
 
+from ..engine import RoutingRpc
 from .state import RoutingState
 
 logger = logging.getLogger("mofe_serve.routing")
-SNAPSHOT_RPC = "mofe_routing_snapshot"
-ENABLE_RPC = "mofe_routing_enable"
 
 
 class RoutingPoller:
@@ -46,13 +45,13 @@ class RoutingPoller:
     async def read_worker(self) -> tuple[dict, float]:
         """One fresh read of the worker counters (rank 0: every TP rank counts the same)."""
         sent_at = time.time()
-        results = await self.engine_client.collective_rpc(SNAPSHOT_RPC,
+        results = await self.engine_client.collective_rpc(RoutingRpc.SNAPSHOT,
                                                           timeout=self.rpc_timeout_s)
         return results[0], sent_at
 
     async def start(self) -> None:
         """Enable counting (start-up and warm-up runs are over) and start polling."""
-        await self.engine_client.collective_rpc(ENABLE_RPC, timeout=self.rpc_timeout_s,
+        await self.engine_client.collective_rpc(RoutingRpc.ENABLE, timeout=self.rpc_timeout_s,
                                                 args=(True,))
         snapshot, sent_at = await self.read_worker()
         self.state.reset_window(snapshot)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import psutil
 import pytest
+from serve.server_proc import force_kill_lines, shm_entries, shm_left_behind
 
 from .tiny_moe import build_tiny_moe
 
@@ -40,12 +43,44 @@ def vllm_scorer(moe_model, tmp_path_factory):
     """
     from mofe_serve.batch.backend_vllm import VllmScorer
     from mofe_serve.batch.routing import load_domains
+    from mofe_serve.engine import ENGINE_EXIT_GRACE_S
 
+    shm_before = shm_entries()
+    ours = _Lines()
+    logging.getLogger("mofe_serve").addHandler(ours)
+    running = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. test servers
     scorer = VllmScorer(str(moe_model), dtype="float32",
                         block_size=32)  # either layout loads as is
+    logging.getLogger("mofe_serve").removeHandler(ours)
+    # No VLLM_CPU_KVCACHE_SPACE in the suite: the scorer chose and logged a KV-cache size.
+    assert any("for the KV cache on CPU" in line for line in ours.lines), ours.lines
+    # Its engine core and worker; multiprocessing's resource tracker lives as long as pytest.
+    engine_procs = [p for p in psutil.Process().children(recursive=True)
+                    if p.pid not in running and "resource_tracker" not in " ".join(p.cmdline())]
     scorer.domains = load_domains(moe_model, 4)
+    # Added after the engine exists: vLLM's logging set-up replaces its logger's handlers.
+    vllm_lines = _Lines()
+    logging.getLogger("vllm").addHandler(vllm_lines)
     yield scorer
     scorer.close()
+    # Closed in order: engine core and worker exited on their own, nothing left in /dev/shm.
+    logging.getLogger("vllm").removeHandler(vllm_lines)
+    # vLLM's own shutdown line, with the grace period engine.close_llm gave the processes.
+    assert any(f"MPClient: start timeout={ENGINE_EXIT_GRACE_S}s" in line
+               for line in vllm_lines.lines), vllm_lines.lines
+    forced = force_kill_lines("\n".join(vllm_lines.lines))
+    _, alive = psutil.wait_procs(engine_procs, timeout=10)
+    assert not alive and not forced, f"engine not closed cleanly: {alive} {forced}"
+    assert not shm_left_behind(shm_before)
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

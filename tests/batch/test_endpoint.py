@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from serve.server_proc import MofeServer  # tests/ is on sys.path (rootdir conftest)
 
 from mofe_serve.batch.cli import batch_cli
 
@@ -25,39 +19,17 @@ API_KEY = "batch-key"
 
 @pytest.fixture(scope="module")
 def server(moe_model, tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """`mofe serve` through the suite's one server harness (no VLLM_CPU_KVCACHE_SPACE)."""
     logdir = tmp_path_factory.mktemp("batch-serve")
-    log = open(logdir / "serve.log", "wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mofe")), "serve", str(moe_model), "--port",
-         str(port), "--api-key", API_KEY, "--enforce-eager", "--dtype", "float32",
-         "--max-model-len", "512"], stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
-                                     "VLLM_CPU_KVCACHE_SPACE": "1",
-                                     "MOFE_CACHE_DIR": str(logdir / "cache")})
-    url = f"http://127.0.0.1:{port}"
+    server = MofeServer(moe_model, logdir / "serve.log", api_key=API_KEY,
+                        extra=["--enforce-eager", "--dtype", "float32", "--max-model-len", "512"],
+                        env={"MOFE_CACHE_DIR": str(logdir / "cache")})
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, (logdir / "serve.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mofe serve did not become healthy"
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        yield url
+        server.wait_ready(timeout=300)
+        yield server.base_url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's own session: it and its workers
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        leftovers = server.stop()
+    assert not leftovers, f"unclean shutdown after SIGTERM: {leftovers}"
 
 
 def test_endpoint_scores_match_offline_engine(server, moe_model, vllm_scorer, medmcqa_rows,

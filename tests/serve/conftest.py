@@ -37,7 +37,7 @@ def mofe_server(tiny_mixtral, tmp_path_factory):
     server.wait_ready()
     yield server
     leftovers = server.stop()
-    assert not leftovers, f"processes left after SIGTERM: {leftovers}"
+    assert not leftovers, f"unclean shutdown after SIGTERM: {leftovers}"
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,10 @@
-"""Run `mofe serve` as a real subprocess and shut it down the way an orchestrator does."""
+"""Run `mofe serve` as a real subprocess and shut it down the way an orchestrator does.
+
+No VLLM_CPU_KVCACHE_SPACE is set: the server sizes its own KV cache, as for a user.
+`stop()` reports everything a clean shutdown must not leave: live processes, new entries
+in /dev/shm (shared memory and semaphores of the engine's processes) and vLLM's
+"force killing" log lines.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +20,56 @@ from pathlib import Path
 import psutil
 
 MOFE = str(Path(sys.executable).with_name("mofe"))
+SHM = Path("/dev/shm")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def shm_entries() -> set[str]:
+    return {p.name for p in SHM.iterdir()} if SHM.is_dir() else set()
+
+
+def shm_left_behind(before: set[str], timeout: float = 10) -> list[str]:
+    """/dev/shm entries that appeared since `before` and are still there after `timeout`
+    seconds (a resource tracker may unlink them a moment after its process exits).
+    Attributes entries by time: engines started outside tests/ at the same time (the
+    engine lock prevents that for the suite) would be reported too."""
+    deadline = time.monotonic() + timeout
+    while True:
+        new = sorted(shm_entries() - before)
+        if not new or time.monotonic() > deadline:
+            return new
+        time.sleep(0.5)
+
+
+def force_kill_lines(log_text: str) -> list[str]:
+    return [line for line in log_text.splitlines() if "force killing" in line]
+
+
+def free_port(preferred: int = 0) -> int:
+    """`preferred` if nothing listens on it, else any free port."""
+    for port in ((preferred, 0) if preferred else (0,)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port")
 
 
 class MofeServer:
     def __init__(self, ref: str | Path, log: Path, api_key: str | None = None,
-                 extra: list[str] = (), env: dict[str, str] | None = None):
-        self.port = free_port()
+                 extra: list[str] = (), env: dict[str, str] | None = None,
+                 port: int | None = None):
+        self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
         self.log = log
         cmd = [MOFE, "serve", str(ref), "--port", str(self.port), *extra]
         if api_key:
             cmd += ["--api-key", api_key]
-        full_env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-                    **(env or {})}
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        self.shm_before = shm_entries()
         self._log_fh = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log_fh, stderr=subprocess.STDOUT,
                                      env=full_env, start_new_session=True)
@@ -71,8 +107,9 @@ class MofeServer:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
     def stop(self, timeout: float = 90) -> list[str]:
-        """SIGTERM the server; return descriptions of processes still alive after it exits
-        (killed afterwards, so a failing test leaves no orphans either)."""
+        """SIGTERM the server; return what an unclean shutdown left: processes still alive
+        after it exits (killed afterwards, so a failing test leaves no orphans either),
+        new /dev/shm entries, and "force killing" lines in its log."""
         self._track()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -90,4 +127,5 @@ class MofeServer:
             except psutil.NoSuchProcess:
                 pass
         self._log_fh.close()
-        return leftovers
+        leftovers += [f"/dev/shm/{name}" for name in shm_left_behind(self.shm_before)]
+        return leftovers + force_kill_lines(self.log.read_text(errors="replace"))

@@ -1,49 +1,88 @@
-"""A second, torch.compile'd `mofe serve` (CPU inductor): exact counts, summed metrics,
-and a clean SIGTERM shutdown with no engine process left behind."""
+"""The README quick tour's server, started exactly as written there:
+
+    mofe registry register CKPT --name tiny --alias prod
+    mofe serve tiny@prod --port 8000
+
+No other flag and no VLLM_CPU_KVCACHE_SPACE: torch.compile on (CPU inductor), prefix caching
+on, the KV cache sized by `mofe serve` from the model. Checks: healthy, a chat answer through
+the official openai client, the KV size it logged is the one vLLM reserved, exact counts,
+and a clean SIGTERM shutdown (no process, no /dev/shm entry, no "force killing" line).
+Port 8000 is used when free; if something else holds it, another free port is used (the
+argument shape stays the same) and the test says so in its output.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import time
 
 import openai
 import pytest
 
-from .conftest import ENGINE_ARGS
 from .routing_client import reset_routing, routing_after, scrape
-from .server_proc import MofeServer
-from .tiny_mixtral import NUM_EXPERTS, TOP_K
+from .server_proc import MOFE, MofeServer, free_port
+from .tiny_mixtral import NUM_EXPERTS, NUM_LAYERS, TOP_K
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
+README_PORT = 8000
 
 
-def test_compiled_engine_counts_exactly_and_shuts_down_cleanly(tiny_mixtral, tmp_path):
-    # No --api-key here (the session server has one): both app set-ups are exercised.
-    server = MofeServer(tiny_mixtral, tmp_path / "compiled.log", api_key=None,
-                        extra=["--routing-metrics-summed", *ENGINE_ARGS],
-                        env={"MOFE_CACHE_DIR": str(tmp_path / "cache")})
+def _register(ckpt, env: dict) -> None:
+    proc = subprocess.run([MOFE, "registry", "register", str(ckpt), "--name", "tiny",
+                           "--alias", "prod"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_readme_quick_tour_serve(tiny_mixtral, tmp_path):
+    env = {**os.environ, "MOFE_REGISTRY": str(tmp_path / "registry"),
+           "MOFE_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    _register(tiny_mixtral, env)
+    port = free_port(README_PORT)
+    if port != README_PORT:
+        print(f"port {README_PORT} is busy on this machine: serving on {port} instead")
+    server = MofeServer("tiny@prod", tmp_path / "quick-tour.log", env=env, port=port)
+    assert server.proc.args[1:] == ["serve", "tiny@prod", "--port", str(port)]
     try:
         server.wait_ready()
         assert len(server.seen) >= 2, "expected engine-core and worker child processes"
         # Profiling, compile and warm-up forwards ran thousands of dummy tokens: none counted.
         fresh = scrape(server)["mofe_expert_tokens"]
         assert fresh and all(s.value == 0 for s in fresh)
-        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused", max_retries=0)
-        name = client.models.list().data[0].id
-        assert name == tiny_mixtral.name
+
+        client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="unused",
+                               max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == ["tiny@1", "tiny@prod"]
         reset_routing(server)
-        forwarded = 0
-        for i, prompt in enumerate(["Fever and", "Bread dough rises when", "x y z"]):
-            r = client.completions.create(model=name, prompt=prompt, max_tokens=4 + 3 * i,
+        chat = client.chat.completions.create(
+            model="tiny@prod", max_tokens=6, temperature=0,
+            messages=[{"role": "user", "content": "What is heparin used for?"}])
+        assert chat.choices[0].message.content and chat.usage.completion_tokens >= 1
+        forwarded = chat.usage.prompt_tokens + chat.usage.completion_tokens - 1
+        for i, prompt in enumerate(["Fever and", "Bread dough rises when"]):
+            r = client.completions.create(model="tiny@1", prompt=prompt, max_tokens=4 + 3 * i,
                                           extra_body={"ignore_eos": True})
             forwarded += r.usage.prompt_tokens + r.usage.completion_tokens - 1
+        # Prompts shorter than one KV block (128 tokens on CPU): prefix caching skips nothing.
         data = routing_after(server, time.time())
-        assert [sum(layer) for layer in data["tokens"]] == [TOP_K * forwarded] * 4
-        fams = scrape(server)
-        tokens = [s for s in fams["mofe_expert_tokens"] if s.name.endswith("_total")]
-        assert {s.labels["layer"] for s in tokens} == {"all"} and len(tokens) == NUM_EXPERTS
+        assert [sum(layer) for layer in data["tokens"]] == [TOP_K * forwarded] * NUM_LAYERS
+        assert len(data["tokens"][0]) == NUM_EXPERTS
+
+        log = server.log.read_text(errors="replace")
+        # The size mofe serve chose is the size vLLM's CPU worker reserved.
+        chosen = re.search(r"reserving (\d+) bytes .* (\d+) B/token", log)
+        assert chosen, "mofe serve did not log its KV-cache choice"
+        reserve, per_token = int(chosen[1]), int(chosen[2])
+        assert 0 < reserve <= 8 << 30
+        assert f"Explicitly set ({round(reserve / (1 << 30), 2)}/" in log
+        tokens = re.search(r"CPU KV cache size: ([\d,]+) tokens", log)
+        assert int(tokens[1].replace(",", "")) == reserve // per_token // 128 * 128
+        assert "Auto set" not in log
         # vLLM's CPU runner logs this only when torch.compile is on.
-        assert "Warming up model for the compilation" in server.log.read_text(errors="replace")
+        assert "Warming up model for the compilation" in log
     finally:
         leftovers = server.stop()
     assert server.proc.returncode is not None
-    assert not leftovers, f"processes left after SIGTERM: {leftovers}"
+    assert not leftovers, f"unclean shutdown after SIGTERM: {leftovers}"

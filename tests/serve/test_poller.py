@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
-from mofe_serve.routing.poller import SNAPSHOT_RPC, RoutingPoller
+from mofe_serve.engine import RoutingRpc
+from mofe_serve.routing.poller import RoutingPoller
 from mofe_serve.routing.state import RoutingState
 
 
@@ -21,7 +22,7 @@ class CountingEngine:
         return self.unfinished
 
     async def collective_rpc(self, method, timeout=None, args=()):
-        if method == SNAPSHOT_RPC:
+        if method == RoutingRpc.SNAPSHOT:
             self.reads += 1
         return [{"num_layers": 1, "num_experts": 2, "top_k": 1, "enabled": True,
                  "tokens": [[self.reads, 0]], "gate_weight": [[float(self.reads), 0.0]]}]
