@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml scripts/setup_venv.sh
 	touch $(STAMP)
 
 lint: setup
-	$(BIN)/ruff check mofe_cli mofe_serve training model_registry tests benchmarks scripts deploy
+	$(BIN)/ruff check mofe_cli mofe_serve mofe_batch training model_registry tests benchmarks scripts deploy
 
 test: setup lint
 	$(BIN)/python -m pytest -q -rs

@@ -15,7 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("training.cli:convert_cli", "Rewrite a Mixtral checkpoint into vLLM's layout."),
     "registry": ("model_registry.cli:registry_cli", "Versioned registry of MoFE checkpoints."),
     "serve": ("mofe_serve.cli:serve_cli", "Serve a model with vLLM behind an OpenAI API."),
-    "batch": ("mofe_serve.batch.cli:batch_cli", "Batch medical QA scoring with routing reports."),
+    "batch": ("mofe_batch.cli:batch_cli", "Batch medical QA scoring with routing reports."),
 }
 
 

@@ -41,8 +41,8 @@ def vllm_scorer(moe_model, tmp_path_factory):
     default is 128, GPU's 16), so that prompts sharing a prefix span whole KV blocks, as
     shared few-shot or system prefixes do on GPU.
     """
-    from mofe_serve.batch.backend_vllm import VllmScorer
-    from mofe_serve.batch.routing import load_domains
+    from mofe_batch.backend_vllm import VllmScorer
+    from mofe_batch.routing import load_domains
     from mofe_serve.engine import ENGINE_EXIT_GRACE_S
 
     shm_before = shm_entries()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mofe_serve.batch.cli import batch_cli
+from mofe_batch.cli import batch_cli
 
 from .conftest import write_jsonl
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from serve.server_proc import MofeServer  # tests/ is on sys.path (rootdir conftest)
 
-from mofe_serve.batch.cli import batch_cli
+from mofe_batch.cli import batch_cli
 
 from .conftest import write_jsonl
 
@@ -44,9 +44,9 @@ def test_endpoint_scores_match_offline_engine(server, moe_model, vllm_scorer, me
     remote = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
     assert len(remote) == 24
 
-    from mofe_serve.batch.prompts import PromptBuilder
-    from mofe_serve.batch.scoring import build_item
-    from mofe_serve.batch.tasks import parse_row
+    from mofe_batch.prompts import PromptBuilder
+    from mofe_batch.scoring import build_item
+    from mofe_batch.tasks import parse_row
 
     builder = PromptBuilder("medmcqa")
     for i, row in enumerate(medmcqa_rows[:24]):

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from mofe_serve.batch.config import BatchConfig
-from mofe_serve.batch.prompts import PromptBuilder
-from mofe_serve.batch.runner import run_batch
-from mofe_serve.batch.scoring import build_item, rank
-from mofe_serve.batch.tasks import parse_row
+from mofe_batch.config import BatchConfig
+from mofe_batch.prompts import PromptBuilder
+from mofe_batch.runner import run_batch
+from mofe_batch.scoring import build_item, rank
+from mofe_batch.tasks import parse_row
 
 from .conftest import write_jsonl
 
@@ -146,7 +146,7 @@ def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, 
 
 def test_vllm_resume_with_other_settings_is_refused_before_scoring(vllm_scorer, moe_model,
                                                                   medmcqa_rows, tmp_path):
-    from mofe_serve.batch.provenance import ProvenanceMismatch
+    from mofe_batch.provenance import ProvenanceMismatch
 
     src = write_jsonl(tmp_path / "in.jsonl", medmcqa_rows[:4])
     out = tmp_path / "o.jsonl"

@@ -8,14 +8,14 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from mofe_serve.batch import readers
-from mofe_serve.batch.cli import batch_cli
-from mofe_serve.batch.config import BatchConfig, pre_pass
-from mofe_serve.batch.output import repair_and_read_ids
-from mofe_serve.batch.prompts import PromptBuilder
-from mofe_serve.batch.questions import Skips, iter_questions
-from mofe_serve.batch.report import wilson
-from mofe_serve.batch.tasks import parse_row
+from mofe_batch import readers
+from mofe_batch.cli import batch_cli
+from mofe_batch.config import BatchConfig, pre_pass
+from mofe_batch.output import repair_and_read_ids
+from mofe_batch.prompts import PromptBuilder
+from mofe_batch.questions import Skips, iter_questions
+from mofe_batch.report import wilson
+from mofe_batch.tasks import parse_row
 
 from .conftest import write_jsonl
 
@@ -157,7 +157,7 @@ def test_cop_convention(tmp_path, cops, flag, base, warn):
 def test_encode_pair_moves_context_whitespace_to_the_continuation(kit):
     from transformers import AutoTokenizer
 
-    from mofe_serve.batch.scoring import build_item, encode_pair
+    from mofe_batch.scoring import build_item, encode_pair
 
     tok = AutoTokenizer.from_pretrained(kit / "tokenizer")
     ctx, cont = encode_pair(tok, "Answer: ", "A")

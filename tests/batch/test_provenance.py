@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mofe_serve.batch.cli import batch_cli
-from mofe_serve.batch.provenance import OutputLock
+from mofe_batch.cli import batch_cli
+from mofe_batch.provenance import OutputLock
 
 from .conftest import write_jsonl
 
@@ -158,9 +158,9 @@ def bos_model(kit, tmp_path) -> Path:
 def test_chat_template_that_writes_bos_does_not_double_it(bos_model):
     from transformers import AutoTokenizer
 
-    from mofe_serve.batch.prompts import PromptBuilder
-    from mofe_serve.batch.scoring import build_item, encode_pair
-    from mofe_serve.batch.tasks import parse_row
+    from mofe_batch.prompts import PromptBuilder
+    from mofe_batch.scoring import build_item, encode_pair
+    from mofe_batch.tasks import parse_row
 
     tok = AutoTokenizer.from_pretrained(bos_model)
     bos = tok.bos_token_id
@@ -188,8 +188,8 @@ def test_chat_template_scoring_through_the_cli_has_one_bos(bos_model, tmp_path):
     assert result.exit_code == 0, result.output
     from transformers import AutoTokenizer
 
-    from mofe_serve.batch.prompts import PromptBuilder
-    from mofe_serve.batch.tasks import parse_row
+    from mofe_batch.prompts import PromptBuilder
+    from mofe_batch.tasks import parse_row
 
     tok = AutoTokenizer.from_pretrained(bos_model)
     for row, q in zip(sorted(map(json.loads, out.read_text().splitlines()),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from mofe_serve.batch.output import repair_and_read_ids
+from mofe_batch.output import repair_and_read_ids
 
 from .conftest import write_jsonl
 
