@@ -14,18 +14,17 @@ PROMPTS = ["The heart pumps blood through", "Paris is the capital of",
            "Heparin is an anticoagulant that", "Bake the bread at a high"]
 
 if __name__ == "__main__":  # vLLM spawns workers: the guard is required
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
 
-    from mofe_serve.plugin import ARCHITECTURE
-    from mofe_serve.worker_ext import WORKER_EXTENSION
+    from mofe_serve.engine import RoutingRpc, build_llm, close_llm
 
-    llm = LLM(model=sys.argv[1], enforce_eager=True, dtype="float32", max_model_len=256,
-              seed=0, hf_overrides={"architectures": [ARCHITECTURE]},
-              worker_extension_cls=WORKER_EXTENSION)
-    llm.collective_rpc("mofe_routing_enable", args=(True,))
+    # The one engine set-up of mofe serve / mofe batch (counting model, KV size on CPU).
+    llm = build_llm(sys.argv[1], enforce_eager=True, dtype="float32", max_model_len=256,
+                    seed=0)
+    llm.collective_rpc(RoutingRpc.ENABLE, args=(True,))
     out = llm.generate(PROMPTS, SamplingParams(max_tokens=12, temperature=0.0))
-    routing = llm.collective_rpc("mofe_routing_snapshot")[0]["tokens"]
+    routing = llm.collective_rpc(RoutingRpc.SNAPSHOT)[0]["tokens"]
     print("RESULT " + json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in out],
                                   "routing": routing}), flush=True)
+    close_llm(llm)

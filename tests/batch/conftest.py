@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from serve.server_proc import force_kill_lines, shm_entries, shm_left_behind
+from serve.server_proc import force_kill_lines, shm_left_behind, shm_mapped_by
 
 from .tiny_moe import build_tiny_moe
 
@@ -45,7 +45,6 @@ def vllm_scorer(moe_model, tmp_path_factory):
     from mofe_batch.routing import load_domains
     from mofe_serve.engine import ENGINE_EXIT_GRACE_S
 
-    shm_before = shm_entries()
     ours = _Lines()
     logging.getLogger("mofe_serve").addHandler(ours)
     running = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. test servers
@@ -62,6 +61,9 @@ def vllm_scorer(moe_model, tmp_path_factory):
     vllm_lines = _Lines()
     logging.getLogger("vllm").addHandler(vllm_lines)
     yield scorer
+    # Only what its own processes map: entries other tests leak are not this engine's.
+    shm_used = shm_mapped_by([p.pid for p in engine_procs])
+    assert shm_used, "the engine maps no /dev/shm entry: the leak check would see nothing"
     scorer.close()
     # Closed in order: engine core and worker exited on their own, nothing left in /dev/shm.
     logging.getLogger("vllm").removeHandler(vllm_lines)
@@ -71,7 +73,7 @@ def vllm_scorer(moe_model, tmp_path_factory):
     forced = force_kill_lines("\n".join(vllm_lines.lines))
     _, alive = psutil.wait_procs(engine_procs, timeout=10)
     assert not alive and not forced, f"engine not closed cleanly: {alive} {forced}"
-    assert not shm_left_behind(shm_before)
+    assert not shm_left_behind(shm_used)
 
 
 class _Lines(logging.Handler):

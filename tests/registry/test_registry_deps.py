@@ -12,7 +12,7 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("model_registry", "training", "mofe_serve", "mofe_cli")
+PACKAGES = ("model_registry", "training", "mofe_serve", "mofe_batch", "mofe_cli")
 # Declared for what they do at run time, not for an import of ours:
 RUNTIME_ONLY = {"accelerate": "transformers' Trainer requires it",
                 "tokenizers": "fast tokenizers of transformers",

@@ -27,16 +27,32 @@ def shm_entries() -> set[str]:
     return {p.name for p in SHM.iterdir()} if SHM.is_dir() else set()
 
 
-def shm_left_behind(before: set[str], timeout: float = 10) -> list[str]:
-    """/dev/shm entries that appeared since `before` and are still there after `timeout`
-    seconds (a resource tracker may unlink them a moment after its process exits).
-    Attributes entries by time: engines started outside tests/ at the same time (the
-    engine lock prevents that for the suite) would be reported too."""
+def shm_mapped_by(pids) -> set[str]:
+    """/dev/shm entries (shared memory, named semaphores) that these processes map now:
+    attributes entries to a server's own processes, not to whatever else ran meanwhile
+    (e.g. a test that SIGKILLs another server's engine on purpose)."""
+    names = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as fh:
+                for line in fh:
+                    fields = line.split(maxsplit=5)  # anonymous mappings have no path
+                    path = fields[5].strip() if len(fields) == 6 else ""
+                    if path.startswith("/dev/shm/") and not path.endswith("(deleted)"):
+                        names.add(path.removeprefix("/dev/shm/"))
+        except OSError:
+            pass
+    return names
+
+
+def shm_left_behind(names: set[str], timeout: float = 10) -> list[str]:
+    """Those of `names` still in /dev/shm after `timeout` seconds (a resource tracker may
+    unlink them a moment after its process exits)."""
     deadline = time.monotonic() + timeout
     while True:
-        new = sorted(shm_entries() - before)
-        if not new or time.monotonic() > deadline:
-            return new
+        left = sorted(names & shm_entries())
+        if not left or time.monotonic() > deadline:
+            return left
         time.sleep(0.5)
 
 
@@ -69,11 +85,11 @@ class MofeServer:
             cmd += ["--api-key", api_key]
         full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
         full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
-        self.shm_before = shm_entries()
         self._log_fh = open(log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log_fh, stderr=subprocess.STDOUT,
                                      env=full_env, start_new_session=True)
         self.seen: dict[int, psutil.Process] = {}
+        self.shm_used: set[str] = set()
 
     def _track(self) -> None:
         try:
@@ -81,6 +97,7 @@ class MofeServer:
                 self.seen.setdefault(p.pid, p)
         except psutil.NoSuchProcess:
             pass
+        self.shm_used |= shm_mapped_by([self.proc.pid, *self.seen])
 
     def wait_ready(self, timeout: float = 600) -> None:
         deadline = time.monotonic() + timeout
@@ -109,7 +126,7 @@ class MofeServer:
     def stop(self, timeout: float = 90) -> list[str]:
         """SIGTERM the server; return what an unclean shutdown left: processes still alive
         after it exits (killed afterwards, so a failing test leaves no orphans either),
-        new /dev/shm entries, and "force killing" lines in its log."""
+        /dev/shm entries its processes mapped, and "force killing" lines in its log."""
         self._track()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -127,5 +144,5 @@ class MofeServer:
             except psutil.NoSuchProcess:
                 pass
         self._log_fh.close()
-        leftovers += [f"/dev/shm/{name}" for name in shm_left_behind(self.shm_before)]
+        leftovers += [f"/dev/shm/{name}" for name in shm_left_behind(self.shm_used)]
         return leftovers + force_kill_lines(self.log.read_text(errors="replace"))
