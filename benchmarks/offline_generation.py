@@ -70,7 +70,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from mofe_serve.engine import build_llm, close_llm
-    from training.kit import KitSizes, build_random_mixtral
+    from training.kit import KitSizes
+    from training.test_models import build_random_mixtral
 
     model_dir = args.model
     if model_dir is None:

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.serve_overhead import drive  # noqa: E402
-from tests.serve.server_proc import MofeServer  # noqa: E402
+from mofe_serve.server_process import MofeServer  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +35,8 @@ def main() -> None:
     opts = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mofe-latency-"))
     if opts.model is None:
-        from training.kit import KitSizes, build_random_mixtral
+        from training.kit import KitSizes
+        from training.test_models import build_random_mixtral
 
         opts.model = build_random_mixtral(
             work / "mixtral-88m", KitSizes(hidden_size=512, intermediate_size=1024,

@@ -20,7 +20,6 @@ import random
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,23 +28,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.serve.server_proc import MofeServer, free_port  # noqa: E402
+from mofe_serve.server_process import MofeServer, ServerProcess, free_port  # noqa: E402
 
 
-class StockServer(MofeServer):
+def stock_server(ckpt: Path, log: Path, extra: list[str]) -> ServerProcess:
     """vLLM's own api_server module (not the broken `vllm` console script)."""
-
-    def __init__(self, ckpt: Path, log: Path, extra: list[str]):
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.api_key, self.log, self.seen = None, log, {}
-        env = {k: v for k, v in os.environ.items() if k != "MOFE_OVERRIDE_MIXTRAL"}
-        env.update(HF_HUB_OFFLINE="1")
-        self._log_fh = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry",
-             "--model", str(ckpt), "--host", "127.0.0.1", "--port", str(self.port), *extra],
-            stdout=self._log_fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MOFE_OVERRIDE_MIXTRAL"}
+    env.update(HF_HUB_OFFLINE="1")
+    return ServerProcess(
+        [sys.executable, "-m", "vllm.entrypoints.launchers.api_server.entry", "--model",
+         str(ckpt), "--host", "127.0.0.1", "--port", str(port), *extra], log, port, env)
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -166,11 +159,15 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="mofe-bench-"))
     if opts.model is None:
-        from tests.serve.tiny_mixtral import build_tiny_mixtral
+        from training.kit import KitSizes
+        from training.test_models import build_random_mixtral
 
-        opts.model = build_tiny_mixtral(work / "bench-mofe", num_layers=opts.layers,
-                                        hidden_size=opts.hidden,
-                                        intermediate_size=opts.intermediate)
+        heads = max(4, opts.hidden // 64)
+        opts.model = build_random_mixtral(
+            work / "bench-mofe", KitSizes(hidden_size=opts.hidden,
+                                          intermediate_size=opts.intermediate,
+                                          num_layers=opts.layers, num_heads=heads,
+                                          num_kv_heads=max(2, heads // 2)))
     # Stock vLLM reads the per-expert layout only (mofe serve reads both): one copy for both.
     ckpt = opts.model if vllm_loadable(opts.model) else convert_checkpoint(
         opts.model, work / "bench-per-expert")
@@ -180,7 +177,7 @@ def main() -> None:
     flags += ["--enforce-eager"] if opts.eager else []
     servers = {}
     try:
-        baseline = StockServer if opts.baseline == "stock" else (
+        baseline = stock_server if opts.baseline == "stock" else (
             lambda c, log, f: MofeServer(c, log, extra=f))
         start = {"stock": lambda: baseline(ckpt, work / "stock.log", flags),
                  "mofe": lambda: MofeServer(ckpt, work / "mofe.log",

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.serve.server_proc import MofeServer  # noqa: E402
+from mofe_serve.server_process import MofeServer  # noqa: E402
 
 
 def time_start(model: Path, log: Path, eager: bool) -> float:
@@ -42,7 +42,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mofe-startup-"))
     try:
         if opts.model is None:
-            from training.kit import KitSizes, build_random_mixtral
+            from training.kit import KitSizes
+            from training.test_models import build_random_mixtral
 
             opts.model = build_random_mixtral(work / "tiny", KitSizes(), dtype="bfloat16")
         times: dict[str, list[float]] = {"eager": [], "compiled": []}

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,27 +42,6 @@ def step(title: str, *args: str) -> str:
         raise SystemExit(f"demo step failed: {title}")
     console.print(f"[green]done in {time.perf_counter() - start:.1f}s")
     return proc.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited early with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise SystemExit("server did not become ready in time")
 
 
 def fresh_routing(base_url: str, after: float, timeout: float = 30) -> dict:
@@ -114,17 +92,6 @@ def routing_report(base_url: str) -> dict:
     return routing
 
 
-def leftover_processes(group: int, grace: float = 20) -> list[str]:
-    """Processes still in the server's process group after `grace` seconds (engine core,
-    workers and resource trackers exit a moment after the API server)."""
-    deadline = time.time() + grace
-    while True:
-        out = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True)
-        if not out.stdout.strip() or time.time() > deadline:
-            return out.stdout.split()
-        time.sleep(0.5)
-
-
 def main() -> None:
     started = time.perf_counter()
     marker = OUT / ".mofe-demo"
@@ -143,17 +110,21 @@ def main() -> None:
          "--name", "tiny-mofe", "--alias", "prod")
     step("   lineage", "registry", "lineage", "tiny-mofe@prod")
 
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     console.rule("[bold]5. serve tiny-mofe@prod")
-    shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
-    log = open(OUT / "server.log", "w")
-    server = subprocess.Popen([*MOFE, "serve", "tiny-mofe@prod", "--port", str(port),
-                               "--api-key", API_KEY, "--enforce-eager"],
-                              env=ENV, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
+    # The one server harness (mofe_serve.server_process): `mofe serve` in its own process
+    # group, stopped with SIGTERM and checked for leftovers the way the tests check it.
+    from mofe_serve.server_process import ServerProcess, free_port
+
+    port = free_port()
+    server = ServerProcess([*MOFE, "serve", "tiny-mofe@prod", "--port", str(port),
+                            "--api-key", API_KEY, "--enforce-eager"], OUT / "server.log", port,
+                           ENV, api_key=API_KEY)
+    base_url = server.base_url
     try:
-        wait_ready(base_url, server)
+        try:
+            server.wait_ready(timeout=300)
+        except (RuntimeError, TimeoutError) as err:
+            raise SystemExit(f"server did not become ready: {err}") from None
         console.print(f"[green]serving at {base_url} (log: {OUT / 'server.log'})")
         from openai import OpenAI
 
@@ -177,20 +148,11 @@ def main() -> None:
         console.print(Markdown((OUT / "qa.jsonl.report.md").read_text()))
     finally:
         console.rule("[bold]9. shutdown")
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            raise SystemExit("server did not stop within 60 s after SIGTERM") from None
-        log.close()
-        left = leftover_processes(server.pid)
-        time.sleep(1)  # resource trackers unlink a moment after their process exits
-        shm = sorted(set(os.listdir("/dev/shm")) - shm_before) if shm_before else []
-        forced = [line for line in (OUT / "server.log").read_text(errors="replace")
-                  .splitlines() if "force killing" in line]
-        console.print("no process, shared memory or forced kill left" if not (left or shm or forced)
-                      else f"[red]left over: processes {left}, /dev/shm {shm}, {forced}")
+        left = server.stop(timeout=60)
+        console.print("no process, shared memory or forced kill left" if not left
+                      else f"[red]left over after SIGTERM: {left}")
+        if server.proc.returncode == -signal.SIGKILL:  # stop() had to kill it
+            raise SystemExit("server did not stop within 60 s after SIGTERM")
     console.rule("[bold]artifacts")
     for what, path in [("kit", kit), ("checkpoint", OUT / "checkpoint"),
                        ("registry", OUT / "registry"), ("routing plot", OUT / "routing.png"),

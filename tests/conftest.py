@@ -1,4 +1,5 @@
-"""Session-wide fixtures: the tiny offline model kit is built once per test session."""
+"""Session-wide fixtures: the tiny offline model kit, the one test model built from it, and
+the one shared `mofe serve` (tests/session_server.py), each built or started once."""
 
 from __future__ import annotations
 
@@ -21,3 +22,32 @@ def kit(tmp_path_factory) -> Path:
     from training.kit import build_kit
 
     return build_kit(tmp_path_factory.mktemp("kit") / "kit", experts=4, seed=0, overwrite=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_mofe(kit, tmp_path_factory) -> Path:
+    """The kit's four experts merged by mergekit (random router), fused layout, fp32, with a
+    mofe.json naming the domains (training/test_models.py)."""
+    from training.test_models import build_kit_moe
+
+    return build_kit_moe(kit, tmp_path_factory.mktemp("test-model") / "tiny-mofe")
+
+
+@pytest.fixture(scope="session")
+def mofe_server(tiny_mofe, tmp_path_factory):
+    """The shared running server: .base_url, .api_key; serves tiny_mofe as tiny-mofe@1 and
+    tiny-mofe@prod, eager."""
+    from session_server import ALIAS, API_KEY, ENGINE_ARGS, SERVED_NAME
+
+    from mofe_serve.server_process import MofeServer
+
+    log_dir = tmp_path_factory.mktemp("serve-logs")
+    server = MofeServer(
+        tiny_mofe, log_dir / "mofe-serve.log", api_key=API_KEY,
+        extra=["--enforce-eager", "--served-model-name", SERVED_NAME,
+               "--served-model-name", ALIAS, *ENGINE_ARGS],
+        env={"MOFE_CACHE_DIR": str(log_dir / "cache")})
+    server.wait_ready()
+    yield server
+    leftovers = server.stop()
+    assert not leftovers, f"unclean shutdown after SIGTERM: {leftovers}"

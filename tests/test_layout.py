@@ -157,7 +157,8 @@ def test_one_production_module_spells_the_format():
 @pytest.mark.engine
 def test_vllm_reads_fused_and_per_expert_alike(tmp_path: Path):
     """One engine start per layout: identical greedy tokens and identical routing counts."""
-    from training.kit import KitSizes, build_random_mixtral
+    from training.kit import KitSizes
+    from training.test_models import build_random_mixtral
 
     sizes = KitSizes(vocab_size=512, num_layers=2)
     per_expert = build_random_mixtral(tmp_path / "per-expert", sizes, experts=4, top_k=2)

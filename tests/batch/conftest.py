@@ -1,4 +1,5 @@
-"""Fixtures for the batch QA tests: a tiny MoFE Mixtral from the kit, one vLLM engine."""
+"""Fixtures for the batch QA tests: one in-process vLLM engine on the session's test model
+(`tiny_mofe`: the kit's trained experts merged, tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from serve.server_proc import force_kill_lines, shm_left_behind, shm_mapped_by
 
-from .tiny_moe import build_tiny_moe
+from mofe_serve.server_process import force_kill_lines, shm_left_behind, shm_mapped_by
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,17 +24,12 @@ def _cache_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def moe_model(kit, tmp_path_factory) -> Path:
-    return build_tiny_moe(kit, tmp_path_factory.mktemp("batch-model") / "tiny-moe")
-
-
-@pytest.fixture(scope="session")
 def medmcqa_rows(kit) -> list[dict]:
     return [json.loads(line) for line in (kit / "data" / "medmcqa.jsonl").open()]
 
 
 @pytest.fixture(scope="session")
-def vllm_scorer(moe_model, tmp_path_factory):
+def vllm_scorer(tiny_mofe, tmp_path_factory):
     """One in-process vLLM engine (fp32, eager) with the routing-counter plugin.
 
     Block size 32, the smallest vLLM's CPU attention accepts ("MultipleOf(32)"; the CPU
@@ -48,7 +43,7 @@ def vllm_scorer(moe_model, tmp_path_factory):
     ours = _Lines()
     logging.getLogger("mofe_serve").addHandler(ours)
     running = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. test servers
-    scorer = VllmScorer(str(moe_model), dtype="float32",
+    scorer = VllmScorer(str(tiny_mofe), dtype="float32",
                         block_size=32)  # either layout loads as is
     logging.getLogger("mofe_serve").removeHandler(ours)
     # No VLLM_CPU_KVCACHE_SPACE in the suite: the scorer chose and logged a KV-cache size.
@@ -56,7 +51,7 @@ def vllm_scorer(moe_model, tmp_path_factory):
     # Its engine core and worker; multiprocessing's resource tracker lives as long as pytest.
     engine_procs = [p for p in psutil.Process().children(recursive=True)
                     if p.pid not in running and "resource_tracker" not in " ".join(p.cmdline())]
-    scorer.domains = load_domains(moe_model, 4)
+    scorer.domains = load_domains(tiny_mofe, 4)
     # Added after the engine exists: vLLM's logging set-up replaces its logger's handlers.
     vllm_lines = _Lines()
     logging.getLogger("vllm").addHandler(vllm_lines)

@@ -1,4 +1,7 @@
-"""`mofe batch --endpoint`: the same job against a real `mofe serve` via the openai client."""
+"""`mofe batch --endpoint`: the same job against a real `mofe serve` via the openai client.
+
+The server is the session's shared one (tests/conftest.py), serving the same test model as
+the offline engine (`vllm_scorer`), so their scores must agree."""
 
 from __future__ import annotations
 
@@ -7,38 +10,21 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from serve.server_proc import MofeServer  # tests/ is on sys.path (rootdir conftest)
 
 from mofe_batch.cli import batch_cli
 
 from .conftest import write_jsonl
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-API_KEY = "batch-key"
 
 
-@pytest.fixture(scope="module")
-def server(moe_model, tmp_path_factory):
-    """`mofe serve` through the suite's one server harness (no VLLM_CPU_KVCACHE_SPACE)."""
-    logdir = tmp_path_factory.mktemp("batch-serve")
-    server = MofeServer(moe_model, logdir / "serve.log", api_key=API_KEY,
-                        extra=["--enforce-eager", "--dtype", "float32", "--max-model-len", "512"],
-                        env={"MOFE_CACHE_DIR": str(logdir / "cache")})
-    try:
-        server.wait_ready(timeout=300)
-        yield server.base_url
-    finally:
-        leftovers = server.stop()
-    assert not leftovers, f"unclean shutdown after SIGTERM: {leftovers}"
-
-
-def test_endpoint_scores_match_offline_engine(server, moe_model, vllm_scorer, medmcqa_rows,
-                                              tmp_path):
+def test_endpoint_scores_match_offline_engine(mofe_server, tiny_mofe, vllm_scorer,
+                                              medmcqa_rows, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", medmcqa_rows[:24])
     out = tmp_path / "remote.jsonl"
     result = CliRunner().invoke(batch_cli, [
-        str(moe_model), "--task", "medmcqa", "--input", str(src), "--output", str(out),
-        "--endpoint", server, "--api-key", API_KEY, "--concurrency", "4",
+        str(tiny_mofe), "--task", "medmcqa", "--input", str(src), "--output", str(out),
+        "--endpoint", mofe_server.base_url, "--api-key", mofe_server.api_key, "--concurrency", "4",
         "--max-model-len", "512", "--no-progress"])
     assert result.exit_code == 0, result.output
     remote = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
@@ -60,11 +46,11 @@ def test_endpoint_scores_match_offline_engine(server, moe_model, vllm_scorer, me
     assert report["overall"]["expert_share"] is None  # a shared server: not attributed
 
 
-def test_endpoint_rejects_a_wrong_api_key(server, moe_model, medmcqa_rows, tmp_path):
+def test_endpoint_rejects_a_wrong_api_key(mofe_server, tiny_mofe, medmcqa_rows, tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", medmcqa_rows[:2])
     result = CliRunner().invoke(batch_cli, [
-        str(moe_model), "--task", "medmcqa", "--input", str(src), "--output",
-        str(tmp_path / "o.jsonl"), "--endpoint", server, "--api-key", "wrong",
+        str(tiny_mofe), "--task", "medmcqa", "--input", str(src), "--output",
+        str(tmp_path / "o.jsonl"), "--endpoint", mofe_server.base_url, "--api-key", "wrong",
         "--no-progress"])
     assert result.exit_code != 0
     assert "401" in repr(result.exception) or "401" in result.output

@@ -42,7 +42,7 @@ def _reference_loglikelihoods(model_dir: Path, items) -> list[list[float]]:
     return out
 
 
-def test_vllm_loglikelihoods_match_transformers(vllm_scorer, moe_model, medmcqa_rows):
+def test_vllm_loglikelihoods_match_transformers(vllm_scorer, tiny_mofe, medmcqa_rows):
     builder = PromptBuilder("medmcqa")
     questions = [parse_row("medmcqa", r, i + 1) for i, r in enumerate(medmcqa_rows[:28])]
     tok = vllm_scorer.tokenizer
@@ -55,7 +55,7 @@ def test_vllm_loglikelihoods_match_transformers(vllm_scorer, moe_model, medmcqa_
     assert not any(item.single_token for item in texts)
     items = letters + texts
     got = vllm_scorer.score(items)
-    want = _reference_loglikelihoods(moe_model, items)
+    want = _reference_loglikelihoods(tiny_mofe, items)
     agree = 0
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=2e-3)
@@ -144,13 +144,13 @@ def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, 
     assert report["prefix_caching"] is False
 
 
-def test_vllm_resume_with_other_settings_is_refused_before_scoring(vllm_scorer, moe_model,
+def test_vllm_resume_with_other_settings_is_refused_before_scoring(vllm_scorer, tiny_mofe,
                                                                   medmcqa_rows, tmp_path):
     from mofe_batch.provenance import ProvenanceMismatch
 
     src = write_jsonl(tmp_path / "in.jsonl", medmcqa_rows[:4])
     out = tmp_path / "o.jsonl"
-    cfg = BatchConfig(model=str(moe_model), task="medmcqa", input=src, output=out,
+    cfg = BatchConfig(model=str(tiny_mofe), task="medmcqa", input=src, output=out,
                       progress=False, dtype="float32")
     first = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
     record = json.loads(Path(str(out) + ".provenance.json").read_text())

@@ -3,15 +3,15 @@
 Runs the real scripts and the real `mofe serve` with the Deployment's expanded arguments and
 environment (container paths mapped into a temp dir, no tini), then checks what Kubernetes
 and Prometheus would: the startup, readiness and liveness probes pass, every metric the
-dashboard, alerts and autoscalers query is on /metrics, and SIGTERM ends the pod in time.
+dashboard, alerts and autoscalers query is on /metrics, and SIGTERM ends the pod in time and
+cleanly (mofe_serve.server_process: no process, /dev/shm entry or forced kill left).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import promql_parser as promql
-import psutil
 import pytest
 from deploy_support import (
     container_env,
@@ -30,43 +29,17 @@ from deploy_support import (
     promql_expressions,
 )
 
+from mofe_serve.server_process import MOFE as MOFE_SCRIPT
+from mofe_serve.server_process import ServerProcess, free_port
+
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-MOFE = Path(sys.executable).with_name("mofe")
+MOFE = Path(MOFE_SCRIPT)
 API_KEY = "pod-test-key"
 
 
-def tiny_mixtral(out: Path, tokenizer_dir: Path) -> Path:
-    """A random 2-layer, 4-expert, top-2 Mixtral (transformers' fused layout) + mofe.json."""
-    import torch
-    from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
-
-    from model_registry.manifest import ExpertRecord, Manifest
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = MixtralConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-        num_local_experts=4, num_experts_per_tok=2, tie_word_embeddings=False,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, dtype="float32")
-    torch.manual_seed(0)
-    MixtralForCausalLM(config).float().save_pretrained(out)
-    tok.save_pretrained(out)
-    Manifest(project_version="0.1.0", num_layers=2, num_experts=4, top_k=2, dtype="float32",
-             experts=[ExpertRecord(source=f"random:{i}", index=i, domain=d) for i, d in
-                      enumerate(["medical", "general", "medical", "general"])]).save(out)
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def pod(rendered, kit, tmp_path_factory):
-    """(objs, server container, mapped env, port, Popen) of a started cpu-dev server."""
+def pod(rendered, tiny_mofe, tmp_path_factory):
+    """(objs, server container, mapped env, ServerProcess) of a started cpu-dev server."""
     assert MOFE.exists(), f"{MOFE} missing: the `mofe` console script comes with `make setup`"
     root = tmp_path_factory.mktemp("pod")
     mapping = {"/models": root / "models", "/home/mofe": root / "home", "/tmp": root / "tmp"}
@@ -83,10 +56,11 @@ def pod(rendered, kit, tmp_path_factory):
     spec = pod_spec(one(objs, "Deployment", "mofe-serve"))
     base_env = {"PATH": f"{MOFE.parent}{os.pathsep}{os.environ['PATH']}", "LANG": "C.UTF-8"}
 
-    # Init container register-model, with a checkpoint where build-tiny-model puts one.
+    # Init container register-model, with the session's test model where build-tiny-model
+    # puts a checkpoint.
     register = next(c for c in spec["initContainers"] if c["name"] == "register-model")
     env = {**base_env, **{k: local(v) for k, v in container_env(objs, register).items()}}
-    tiny_mixtral(Path(env["MOFE_INCOMING_DIR"]), kit / "tokenizer")
+    shutil.copytree(tiny_mofe, env["MOFE_INCOMING_DIR"])
     script = generated(objs, "ConfigMap", "mofe-model-store-scripts")["data"]["register-model.sh"]
     init = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
                           timeout=300, check=False)
@@ -101,14 +75,11 @@ def pod(rendered, kit, tmp_path_factory):
     port = free_port()
     args[args.index("--port") + 1] = str(port)
     assert server["command"][:2] == ["tini", "--"]
-    log = open(root / "serve.log", "wb")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen([str(MOFE), *server["command"][3:], *args], env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    yield objs, server, env, port, proc
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    # The pod's environment only: nothing inherited from the test process.
+    proc = ServerProcess([MOFE, *server["command"][3:], *args], root / "serve.log", port, env,
+                         api_key=API_KEY)
+    yield objs, server, env, proc
+    proc.stop(timeout=10)  # no-op after test_pod_lifecycle stopped it; kills after a failure
 
 
 def _get(port: int, path: str, **kw) -> httpx.Response:
@@ -116,21 +87,12 @@ def _get(port: int, path: str, **kw) -> httpx.Response:
 
 
 def test_pod_lifecycle(pod):
-    objs, server, env, port, proc = pod
-    log = Path(env["HOME"]).parent / "serve.log"
+    objs, server, env, proc = pod
+    port = proc.port
     # startupProbe: /health within its budget (failureThreshold x periodSeconds).
     startup = server["startupProbe"]
-    deadline = time.monotonic() + startup["failureThreshold"] * startup["periodSeconds"]
-    while True:
-        assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
-        try:
-            if _get(port, startup["httpGet"]["path"]).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "startup probe budget exhausted"
-        time.sleep(2)
-    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.wait_ready(timeout=startup["failureThreshold"] * startup["periodSeconds"],
+                    path=startup["httpGet"]["path"])
 
     # readinessProbe: the exec command itself, with the pod's environment.
     script = server["readinessProbe"]["exec"]["command"][-1].replace(":8000/", f":{port}/")
@@ -171,10 +133,6 @@ def test_pod_lifecycle(pod):
     # Termination: after preStop, SIGTERM; the pod must be gone before the grace period ends.
     spec = pod_spec(one(objs, "Deployment", "mofe-serve"))
     budget = spec["terminationGracePeriodSeconds"] - server["lifecycle"]["preStop"]["sleep"]["seconds"]
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=budget)
-    # Helpers such as multiprocessing's resource tracker exit a moment after their parent:
-    # give them a few seconds, then nothing may be left.
-    _, alive = psutil.wait_procs(children, timeout=15)
-    left = [c for c in alive if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    assert not left, f"processes left after SIGTERM: {[(c.pid, c.cmdline()) for c in left]}"
+    # Nothing may be left: no process, /dev/shm entry or "force killing" line.
+    leftovers = proc.stop(timeout=budget)
+    assert not leftovers, f"unclean pod termination after SIGTERM: {leftovers}"

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from deploy_support import K8S
 
@@ -23,36 +22,14 @@ pytestmark = pytest.mark.skipif(
 
 
 def write_tiny_mixtral(out: Path, seed: int = 0) -> Path:
-    """A 2-layer, 4-expert, top-2 Mixtral in vLLM's per-expert layout (numpy + safetensors)."""
-    from safetensors.numpy import save_file
+    """A 2-layer, 4-expert, top-2 Mixtral in vLLM's per-expert layout, no mofe.json
+    (training/test_models.py, numpy only); `seed` changes its bytes. Its source experts go
+    beside the model store, outside the incoming directory."""
+    from training.test_models import write_llama, write_mixtral
 
-    rng = np.random.default_rng(seed)
-    h, i, v, layers, experts = 16, 32, 64, 2, 4
-
-    def w(*shape):
-        return rng.standard_normal(shape).astype(np.float32)
-
-    t = {"model.embed_tokens.weight": w(v, h), "lm_head.weight": w(v, h),
-         "model.norm.weight": np.ones(h, np.float32)}
-    for n in range(layers):
-        p = f"model.layers.{n}"
-        t[f"{p}.input_layernorm.weight"] = np.ones(h, np.float32)
-        t[f"{p}.post_attention_layernorm.weight"] = np.ones(h, np.float32)
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            t[f"{p}.self_attn.{proj}.weight"] = w(h, h)
-        t[f"{p}.block_sparse_moe.gate.weight"] = w(experts, h)
-        for e in range(experts):
-            moe = f"{p}.block_sparse_moe.experts.{e}"
-            t |= {f"{moe}.w1.weight": w(i, h), f"{moe}.w3.weight": w(i, h),
-                  f"{moe}.w2.weight": w(h, i)}
-    out.mkdir(parents=True)
-    save_file(t, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps({
-        "model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "hidden_size": h,
-        "intermediate_size": i, "num_hidden_layers": layers, "vocab_size": v,
-        "num_attention_heads": 2, "num_key_value_heads": 2, "num_local_experts": experts,
-        "num_experts_per_tok": 2, "torch_dtype": "float32", "tie_word_embeddings": False}))
-    return out
+    sources = out.parent.parent / f"sources-{seed}"
+    experts = [write_llama(sources / f"expert-{i}", seed=seed * 10 + i) for i in range(4)]
+    return write_mixtral(out, experts, "per_expert", seed=seed, manifest=False)
 
 
 @pytest.fixture

@@ -6,15 +6,15 @@ import shutil
 from pathlib import Path
 
 import pytest
-from registry_ckpts import Kit, build_kit
 
 from model_registry.registry import Registry
+from training.test_models import FormatKit, build_format_kit
 
 
 @pytest.fixture(scope="session")
-def kit(tmp_path_factory) -> Kit:
+def kit(tmp_path_factory) -> FormatKit:
     """Read-only: tests that modify a checkpoint copy it first (see `copy_of`)."""
-    return build_kit(tmp_path_factory.mktemp("registry-kit"))
+    return build_format_kit(tmp_path_factory.mktemp("registry-kit"))
 
 
 @pytest.fixture

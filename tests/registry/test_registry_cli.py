@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from registry_ckpts import flip_byte
+from registry_support import flip_byte
 
 from model_registry.cli import registry_cli
 

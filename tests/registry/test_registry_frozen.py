@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
-from registry_ckpts import manifest_for, write_llama, write_mixtral
 from safetensors.numpy import load_file, save_file
 
 from model_registry.checkpoint import parse_name, tensor_sha256
 from model_registry.manifest import Manifest
+from training.test_models import manifest_for, write_llama, write_mixtral
 
 
 def _experts(info):

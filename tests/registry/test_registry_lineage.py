@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from registry_ckpts import manifest_for, write_mixtral
 from rich.console import Console
 
 from model_registry.lineage import expert_digest, lineage
 from model_registry.manifest import ModelSource
 from model_registry.render import lineage_tree
+from training.test_models import manifest_for, write_mixtral
 
 
 def test_lineage_marks_registered_sources(registry, kit, copy_of, tmp_path):

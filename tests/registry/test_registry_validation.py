@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
-from registry_ckpts import manifest_for
 from safetensors.numpy import load_file, save_file
 
 from model_registry.errors import InvalidCheckpointError
+from training.test_models import manifest_for
 
 
 def _edit_config(ckpt: Path, **changes) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from registry_ckpts import flip_byte
+from registry_support import flip_byte
 
 from model_registry.checkpoint import canonical_expert_tensors
 from model_registry.verify import verify

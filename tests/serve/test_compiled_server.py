@@ -21,9 +21,10 @@ import time
 import openai
 import pytest
 
+from mofe_serve.server_process import MOFE, MofeServer, free_port
+from training.test_models import NUM_EXPERTS, NUM_LAYERS, TOP_K
+
 from .routing_client import reset_routing, routing_after, scrape
-from .server_proc import MOFE, MofeServer, free_port
-from .tiny_mixtral import NUM_EXPERTS, NUM_LAYERS, TOP_K
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 README_PORT = 8000
@@ -35,11 +36,11 @@ def _register(ckpt, env: dict) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
-def test_readme_quick_tour_serve(tiny_mixtral, tmp_path):
+def test_readme_quick_tour_serve(tiny_mofe, tmp_path):
     env = {**os.environ, "MOFE_REGISTRY": str(tmp_path / "registry"),
            "MOFE_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)
-    _register(tiny_mixtral, env)
+    _register(tiny_mofe, env)
     port = free_port(README_PORT)
     if port != README_PORT:
         print(f"port {README_PORT} is busy on this machine: serving on {port} instead")

@@ -70,13 +70,13 @@ def _config(model, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def served_path(tiny_mixtral, tmp_path_factory):
+def served_path(tiny_mofe, tmp_path_factory):
     import os
 
     from mofe_serve.resolve import resolve_served_model
 
     os.environ.setdefault("MOFE_CACHE_DIR", str(tmp_path_factory.mktemp("engine-cache")))
-    return resolve_served_model(str(tiny_mixtral), []).path
+    return resolve_served_model(str(tiny_mofe), []).path
 
 
 def test_kv_plan_from_a_real_config_and_user_sizes_win(served_path, monkeypatch):

@@ -14,10 +14,9 @@ import re
 import httpx
 import openai
 import pytest
+from session_server import ALIAS, API_KEY, SERVED_NAME
 
 from mofe_serve.auth import OPEN_PATHS
-
-from .conftest import ALIAS, API_KEY, SERVED_NAME
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -5,17 +5,16 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
-from .conftest import ALIAS, API_KEY, SERVED_NAME
+from session_server import ALIAS, API_KEY, SERVED_NAME
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
 
-def test_models_lists_version_and_alias(openai_client, tiny_mixtral):
+def test_models_lists_version_and_alias(openai_client, tiny_mofe):
     models = openai_client.models.list().data
     assert [m.id for m in models] == [SERVED_NAME, ALIAS]
     # The fixture checkpoint is in the fused layout: vLLM loads it where it is (no cache).
-    assert models[0].root == str(tiny_mixtral.resolve())
+    assert models[0].root == str(tiny_mofe.resolve())
 
 
 def test_chat_completion(openai_client):

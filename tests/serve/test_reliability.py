@@ -14,10 +14,11 @@ import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from session_server import API_KEY, SERVED_NAME
 
-from .conftest import API_KEY, SERVED_NAME
+from training.test_models import TOP_K
+
 from .routing_client import get_routing, reset_routing, routing_after, scrape
-from .tiny_mixtral import TOP_K
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -8,27 +8,26 @@ import pytest
 
 from model_registry.checkpoint import layout_of
 from mofe_serve.resolve import resolve_served_model
+from training.test_models import DOMAINS
 
-from .tiny_mixtral import DOMAINS
 
-
-def test_fused_checkpoint_is_served_in_place(tiny_mixtral, tmp_path):
+def test_fused_checkpoint_is_served_in_place(tiny_mofe, tmp_path):
     """No conversion and no cache directory: MoFEMixtralForCausalLM reads fused weights."""
-    assert layout_of(tiny_mixtral) == "fused"
-    before = sorted(os.listdir(tiny_mixtral))
-    served = resolve_served_model(str(tiny_mixtral))
-    assert served.path == served.source == tiny_mixtral.resolve()
-    assert served.names == [tiny_mixtral.name]
+    assert layout_of(tiny_mofe) == "fused"
+    before = sorted(os.listdir(tiny_mofe))
+    served = resolve_served_model(str(tiny_mofe))
+    assert served.path == served.source == tiny_mofe.resolve()
+    assert served.names == [tiny_mofe.name]
     assert served.domains == DOMAINS
-    assert sorted(os.listdir(tiny_mixtral)) == before
+    assert sorted(os.listdir(tiny_mofe)) == before
 
 
-def test_registered_ref_serves_as_name_at_version(tiny_mixtral, tmp_path, monkeypatch):
+def test_registered_ref_serves_as_name_at_version(tiny_mofe, tmp_path, monkeypatch):
     monkeypatch.setenv("MOFE_REGISTRY", str(tmp_path / "registry"))
     from model_registry.registry import Registry
 
     with Registry() as registry:
-        info = registry.register(tiny_mixtral, "tiny-mofe", aliases=["prod"])
+        info = registry.register(tiny_mofe, "tiny-mofe", aliases=["prod"])
     served = resolve_served_model("tiny-mofe@prod")
     assert served.names == [f"tiny-mofe@{info.version}", "tiny-mofe@prod"]
     assert served.domains == DOMAINS

@@ -6,10 +6,11 @@ import time
 
 import httpx
 import pytest
+from session_server import SERVED_NAME
 
-from .conftest import SERVED_NAME
+from training.test_models import DOMAINS, NUM_EXPERTS, NUM_LAYERS, TOP_K
+
 from .routing_client import get_routing, reset_routing, routing_after, scrape
-from .tiny_mixtral import DOMAINS, NUM_EXPERTS, NUM_LAYERS, TOP_K
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import time
 
 import pytest
+from session_server import SERVED_NAME
 
-from .conftest import SERVED_NAME
+from training.test_models import NUM_EXPERTS, TOP_K
+
 from .routing_client import reset_routing, routing_after
-from .tiny_mixtral import NUM_EXPERTS, TOP_K
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 
@@ -37,10 +38,10 @@ def _reference_counts(ckpt, prompts: list[list[int]]) -> list[list[int]]:
     return counts
 
 
-def test_chosen_experts_match_transformers(mofe_server, openai_client, tiny_mixtral):
+def test_chosen_experts_match_transformers(mofe_server, openai_client, tiny_mofe):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_mixtral)
+    tok = AutoTokenizer.from_pretrained(tiny_mofe)
     texts = ["The patient presented with fever and a cough for three days.",
              "Preheat the oven and whisk the eggs with sugar.",
              "Mountains and rivers shape the borders of many countries.",
@@ -52,6 +53,6 @@ def test_chosen_experts_match_transformers(mofe_server, openai_client, tiny_mixt
         r = openai_client.completions.create(model=SERVED_NAME, prompt=ids, max_tokens=1)
         assert r.usage.prompt_tokens == len(ids)
     served = routing_after(mofe_server, time.time())["tokens"]
-    expected = _reference_counts(tiny_mixtral, prompts)
+    expected = _reference_counts(tiny_mofe, prompts)
     assert sum(served[0]) == TOP_K * sum(len(p) for p in prompts)
     assert served == expected

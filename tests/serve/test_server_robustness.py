@@ -21,10 +21,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from session_server import ENGINE_ARGS, SERVED_NAME
 
-from .conftest import ENGINE_ARGS, SERVED_NAME
+from mofe_serve.server_process import MofeServer
+
 from .routing_client import scrape
-from .server_proc import MofeServer
 from .test_http_surface import assert_openai_error
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -37,11 +38,11 @@ MAX_EXAMPLES = 40
 
 
 @pytest.fixture(scope="module")
-def dedicated_server(tiny_mixtral, tmp_path_factory):
+def dedicated_server(tiny_mofe, tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("robustness")
     # A short max length keeps valid generations cheap during the fuzz.
     engine_args = [a if a != "512" else "128" for a in ENGINE_ARGS]
-    server = MofeServer(tiny_mixtral, log_dir / "mofe-serve.log", api_key=KEY,
+    server = MofeServer(tiny_mofe, log_dir / "mofe-serve.log", api_key=KEY,
                         extra=["--enforce-eager", "--served-model-name", SERVED_NAME,
                                *engine_args],
                         env={"MOFE_CACHE_DIR": str(log_dir / "cache"),

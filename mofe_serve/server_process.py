@@ -1,9 +1,12 @@
-"""Run `mofe serve` as a real subprocess and shut it down the way an orchestrator does.
+"""Run a server as a subprocess and stop it the way an orchestrator does.
 
-No VLLM_CPU_KVCACHE_SPACE is set: the server sizes its own KV cache, as for a user.
-`stop()` reports everything a clean shutdown must not leave: live processes, new entries
-in /dev/shm (shared memory and semaphores of the engine's processes) and vLLM's
-"force killing" log lines.
+The one harness for everything that starts `mofe serve` (tests, benchmarks, scripts/demo.py):
+start with a port, wait for an HTTP health path, SIGTERM, then report everything a clean
+shutdown must not leave behind: a server still running after the grace period, live child
+processes, new entries in /dev/shm (shared memory and semaphores of the engine's processes)
+and vLLM's "force killing" log lines.
+
+`MofeServer` adds no VLLM_CPU_KVCACHE_SPACE: the server sizes its own KV cache, as for a user.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -72,22 +76,18 @@ def free_port(preferred: int = 0) -> int:
     raise OSError("no free port")
 
 
-class MofeServer:
-    def __init__(self, ref: str | Path, log: Path, api_key: str | None = None,
-                 extra: list[str] = (), env: dict[str, str] | None = None,
-                 port: int | None = None):
-        self.port = port or free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
+class ServerProcess:
+    """Any HTTP server command line on 127.0.0.1:`port`, with exactly the environment `env`."""
+
+    def __init__(self, argv: Sequence[str], log: Path, port: int, env: dict[str, str],
+                 api_key: str | None = None):
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
         self.api_key = api_key
-        self.log = log
-        cmd = [MOFE, "serve", str(ref), "--port", str(self.port), *extra]
-        if api_key:
-            cmd += ["--api-key", api_key]
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-        full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
-        self._log_fh = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log_fh, stderr=subprocess.STDOUT,
-                                     env=full_env, start_new_session=True)
+        self.log = Path(log)
+        self._log_fh = open(self.log, "wb")  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(list(argv), stdout=self._log_fh, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
         self.seen: dict[int, psutil.Process] = {}
         self.shm_used: set[str] = set()
 
@@ -99,15 +99,18 @@ class MofeServer:
             pass
         self.shm_used |= shm_mapped_by([self.proc.pid, *self.seen])
 
-    def wait_ready(self, timeout: float = 600) -> None:
+    def wait_ready(self, timeout: float = 600, path: str = "/health") -> None:
+        """Poll `path` until it answers 200; stop the server and raise if it exits first or
+        `timeout` seconds pass."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mofe serve exited with {self.proc.returncode}:\n"
+                self.stop()
+                raise RuntimeError(f"{self.proc.args[:2]} exited with {self.proc.returncode}:\n"
                                    + self.log_tail())
             self._track()
             try:
-                with urllib.request.urlopen(f"{self.base_url}/health", timeout=2) as r:
+                with urllib.request.urlopen(f"{self.base_url}{path}", timeout=2) as r:
                     if r.status == 200:
                         self._track()
                         return
@@ -125,24 +128,42 @@ class MofeServer:
 
     def stop(self, timeout: float = 90) -> list[str]:
         """SIGTERM the server; return what an unclean shutdown left: processes still alive
-        after it exits (killed afterwards, so a failing test leaves no orphans either),
-        /dev/shm entries its processes mapped, and "force killing" lines in its log."""
+        after it exits (killed afterwards, so a failing test leaves no orphans either), /dev/shm entries its processes
+        mapped, and "force killing" lines in its log."""
         self._track()
+        leftovers = []
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                leftovers.append(f"server {self.proc.pid} still running {timeout}s after SIGTERM")
                 self.proc.kill()
                 self.proc.wait()
         _, alive = psutil.wait_procs(list(self.seen.values()), timeout=10)
-        leftovers = []
         for p in alive:
             try:
                 leftovers.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
                 p.kill()
             except psutil.NoSuchProcess:
                 pass
-        self._log_fh.close()
+        if not self._log_fh.closed:
+            self._log_fh.close()
         leftovers += [f"/dev/shm/{name}" for name in shm_left_behind(self.shm_used)]
         return leftovers + force_kill_lines(self.log.read_text(errors="replace"))
+
+
+class MofeServer(ServerProcess):
+    """`mofe serve REF --port PORT [--api-key KEY] *extra`, in the caller's environment plus
+    `env`, offline, without VLLM_CPU_KVCACHE_SPACE."""
+
+    def __init__(self, ref: str | Path, log: Path, api_key: str | None = None,
+                 extra: Sequence[str] = (), env: dict[str, str] | None = None,
+                 port: int | None = None):
+        port = port or free_port()
+        argv = [MOFE, "serve", str(ref), "--port", str(port), *extra]
+        if api_key:
+            argv += ["--api-key", api_key]
+        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+        full_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+        super().__init__(argv, log, port, full_env, api_key)
