@@ -1,7 +1,8 @@
 """A schema-driven fuzz of every POST operation of the session's shared server.
 
 The fuzz is schemathesis' own CLI, run as a user's CI would run it, against the server's
-/openapi.json with the API key, bounded in examples (seeded, deterministic). Its checks
+/openapi.json with the API key, bounded in examples (seeded, deterministic: no example
+database, so nothing is replayed from an earlier run or written into the repo). Its checks
 (tests/serve/fuzz_hooks.py): no 5xx, every error body in OpenAI's shape. Afterwards the server
 must still be healthy and answer, and its routing window is reset (the fuzz posts to
 /v1/routing/reset among others; tests that measure routing reset it themselves first).
@@ -40,7 +41,7 @@ def test_schema_fuzz_of_every_post_operation(mofe_server):
            "--include-method", "POST", "--phases", "examples,fuzzing",
            "--max-examples", str(MAX_EXAMPLES), "--seed", "1", "--mode", "all",
            "--checks", "no_server_error,openai_error_shape", "--workers", "1",
-           "--request-timeout", "120"]
+           "--request-timeout", "120", "--generation-database", "none"]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.serve.fuzz_hooks",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     log_start = mofe_server.log.stat().st_size  # the shared log: earlier tests' requests too
