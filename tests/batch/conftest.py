@@ -1,5 +1,7 @@
 """Fixtures for the batch QA tests: one in-process vLLM engine on the session's test model
-(`tiny_mofe`: the kit's trained experts merged, tests/conftest.py)."""
+(`tiny_mofe`: the kit's trained experts merged, tests/conftest.py), loaded from a per-expert
+copy of it, so that the session server (fused) and this engine (per-expert) together cover
+both layouts (tests/batch/test_layouts_agree.py)."""
 
 from __future__ import annotations
 
@@ -29,8 +31,20 @@ def medmcqa_rows(kit) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def vllm_scorer(tiny_mofe, tmp_path_factory):
-    """One in-process vLLM engine (fp32, eager) with the routing-counter plugin.
+def tiny_mofe_per_expert(tiny_mofe, tmp_path_factory) -> Path:
+    """`tiny_mofe` (fused) converted to the per-expert layout: same tensors, tokenizer and
+    mofe.json."""
+    from model_registry.checkpoint import convert_checkpoint, layout_of
+
+    out = convert_checkpoint(tiny_mofe, tmp_path_factory.mktemp("per-expert") / "tiny-mofe")
+    assert (layout_of(tiny_mofe), layout_of(out)) == ("fused", "per_expert")
+    return out
+
+
+@pytest.fixture(scope="session")
+def vllm_scorer(tiny_mofe_per_expert, tmp_path_factory):
+    """One in-process vLLM engine (fp32, eager) with the routing-counter plugin, on the
+    per-expert copy of the session model (batch tests do not depend on the layout).
 
     Block size 32, the smallest vLLM's CPU attention accepts ("MultipleOf(32)"; the CPU
     default is 128, GPU's 16), so that prompts sharing a prefix span whole KV blocks, as
@@ -43,15 +57,14 @@ def vllm_scorer(tiny_mofe, tmp_path_factory):
     ours = _Lines()
     logging.getLogger("mofe_serve").addHandler(ours)
     running = {p.pid for p in psutil.Process().children(recursive=True)}  # e.g. test servers
-    scorer = VllmScorer(str(tiny_mofe), dtype="float32",
-                        block_size=32)  # either layout loads as is
+    scorer = VllmScorer(str(tiny_mofe_per_expert), dtype="float32", block_size=32)
     logging.getLogger("mofe_serve").removeHandler(ours)
     # No VLLM_CPU_KVCACHE_SPACE in the suite: the scorer chose and logged a KV-cache size.
     assert any("for the KV cache on CPU" in line for line in ours.lines), ours.lines
     # Its engine core and worker; multiprocessing's resource tracker lives as long as pytest.
     engine_procs = [p for p in psutil.Process().children(recursive=True)
                     if p.pid not in running and "resource_tracker" not in " ".join(p.cmdline())]
-    scorer.domains = load_domains(tiny_mofe, 4)
+    scorer.domains = load_domains(tiny_mofe_per_expert, 4)
     # Added after the engine exists: vLLM's logging set-up replaces its logger's handlers.
     vllm_lines = _Lines()
     logging.getLogger("vllm").addHandler(vllm_lines)

@@ -5,10 +5,17 @@
 
 No other flag and no VLLM_CPU_KVCACHE_SPACE: torch.compile on (CPU inductor), prefix caching
 on, the KV cache sized by `mofe serve` from the model. Checks: healthy, a chat answer through
-the official openai client, the KV size it logged is the one vLLM reserved, exact counts,
-and a clean SIGTERM shutdown (no process, no /dev/shm entry, no "force killing" line).
+the official openai client, the KV size it logged is the one vLLM reserved, exact counts.
 Port 8000 is used when free; if something else holds it, another free port is used (the
 argument shape stays the same) and the test says so in its output.
+
+Then, last, its engine core is killed (SIGKILL): the routing API must answer 503 and
+/metrics must show the snapshot age growing. `VLLM_KEEP_ALIVE_ON_ENGINE_DEATH=1` (an
+environment variable, not a flag: the command stays the README's) keeps vLLM's API server up
+after engine death; its watchdog would otherwise stop it within ~5 s. A server whose engine
+was killed cannot shut down cleanly, so its leftovers are killed, not asserted; the session
+server's teardown (tests/conftest.py) asserts a clean SIGTERM shutdown (no process, no
+/dev/shm entry, no "force killing" line).
 """
 
 from __future__ import annotations
@@ -17,14 +24,18 @@ import os
 import re
 import subprocess
 import time
+from pathlib import Path
 
+import httpx
 import openai
+import psutil
 import pytest
 
-from mofe_serve.server_process import MOFE, MofeServer, free_port
+from mofe_serve.server_process import MOFE, MofeServer, free_port, shm_entries
 from training.test_models import NUM_EXPERTS, NUM_LAYERS, TOP_K
 
 from .routing_client import reset_routing, routing_after, scrape
+from .test_http_surface import assert_openai_error
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 README_PORT = 8000
@@ -38,7 +49,7 @@ def _register(ckpt, env: dict) -> None:
 
 def test_readme_quick_tour_serve(tiny_mofe, tmp_path):
     env = {**os.environ, "MOFE_REGISTRY": str(tmp_path / "registry"),
-           "MOFE_CACHE_DIR": str(tmp_path / "cache")}
+           "MOFE_CACHE_DIR": str(tmp_path / "cache"), "VLLM_KEEP_ALIVE_ON_ENGINE_DEATH": "1"}
     env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     _register(tiny_mofe, env)
     port = free_port(README_PORT)
@@ -83,7 +94,42 @@ def test_readme_quick_tour_serve(tiny_mofe, tmp_path):
         assert "Auto set" not in log
         # vLLM's CPU runner logs this only when torch.compile is on.
         assert "Warming up model for the compilation" in log
+
+        _engine_death_is_reported(server)
     finally:
-        leftovers = server.stop()
+        server.stop()  # its engine was killed on purpose: leftovers are killed, not asserted
+        for name in server.shm_used & shm_entries():  # only this server's own entries
+            (Path("/dev/shm") / name).unlink(missing_ok=True)
     assert server.proc.returncode is not None
-    assert not leftovers, f"unclean shutdown after SIGTERM: {leftovers}"
+
+
+def _kill_engine_core(server) -> None:
+    core = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+            if p.name() == "VLLM::EngineCore"]
+    assert len(core) == 1, core
+    core[0].kill()
+    core[0].wait(timeout=30)
+
+
+def _routing_age(server) -> float:
+    samples = scrape(server)["mofe_routing_snapshot_age_seconds"]
+    assert [s.labels for s in samples] == [{"model": "tiny@1"}]
+    return samples[0].value
+
+
+def _engine_death_is_reported(server) -> None:
+    """Routing API answers 503 and the snapshot age grows once the engine core is dead."""
+    base = server.base_url
+    assert httpx.get(base + "/v1/routing").status_code == 200
+    _kill_engine_core(server)
+    deadline = time.monotonic() + 60
+    while httpx.get(base + "/health").status_code != 503:  # vLLM noticed the death
+        assert time.monotonic() < deadline, "vLLM did not notice the dead engine"
+        time.sleep(0.5)
+    error = assert_openai_error(httpx.get(base + "/v1/routing"), 503)
+    assert "dead" in error["message"]
+    assert_openai_error(httpx.post(base + "/v1/routing/reset", timeout=120), 503)
+    # The age of the last successful read keeps growing while the engine is dead.
+    first = _routing_age(server)
+    time.sleep(1.5)
+    assert _routing_age(server) >= first + 1.0
