@@ -17,7 +17,6 @@ from model_registry.manifest import MANIFEST_FILE, Manifest
 @dataclass
 class ServedModel:
     path: Path  # what vLLM loads: the checkpoint the REF named, in either layout
-    source: Path  # the same directory (kept for callers that name the origin)
     names: list[str]  # served model names; the first is the display name (NAME@VERSION)
     domains: list[str] = field(default_factory=list)  # by expert index; empty: unknown
     architecture: str = "MixtralForCausalLM"
@@ -64,5 +63,5 @@ def resolve_served_model(ref: str, served_names: list[str] | None = None) -> Ser
     domains: list[str] = []
     if (source / MANIFEST_FILE).is_file():
         domains = Manifest.load(source).domains()
-    return ServedModel(path=source, source=source, names=names,
+    return ServedModel(path=source, names=names,
                        domains=domains)

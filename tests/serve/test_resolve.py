@@ -16,7 +16,7 @@ def test_fused_checkpoint_is_served_in_place(tiny_mofe, tmp_path):
     assert layout_of(tiny_mofe) == "fused"
     before = sorted(os.listdir(tiny_mofe))
     served = resolve_served_model(str(tiny_mofe))
-    assert served.path == served.source == tiny_mofe.resolve()
+    assert served.path == tiny_mofe.resolve()  # served in place: no converted copy
     assert served.names == [tiny_mofe.name]
     assert served.domains == DOMAINS
     assert sorted(os.listdir(tiny_mofe)) == before
