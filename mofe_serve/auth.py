@@ -68,8 +68,3 @@ def guard_all_routes(app: FastAPI, metrics_require_key: bool = False) -> int | N
             app.middleware_stack = None  # already built by build_app: rebuild on first use
             return index
     return None
-
-
-def use_openai_auth_errors(app: FastAPI) -> None:
-    """Old name of `guard_all_routes` (tests/deploy builds the app with it)."""
-    guard_all_routes(app)

@@ -24,17 +24,13 @@ def _server(objs: list[dict]) -> dict:
 def serve_app():
     """The FastAPI app `mofe serve` builds (vLLM's build_app plus our routes and auth
     middleware), with engine-backed state filled in so /health and /v1/models answer."""
-    from vllm.entrypoints.launchers.app import build_app
     from vllm.entrypoints.serve.engine.protocol import ModelCard, ModelList
 
     from mofe_serve import launcher
-    from mofe_serve.auth import use_openai_auth_errors
-    from mofe_serve.routing.api_router import attach_router
+    from mofe_serve.app import build_mofe_app
 
     args = launcher.parse_vllm_args(["--model", "/models/registry/x", "--api-key", API_KEY])
-    app = build_app(args, ("generate",), None)
-    attach_router(app)
-    use_openai_auth_errors(app)
+    app = build_mofe_app(args, ("generate",), None, on_activity=lambda: None)
 
     class Models:  # what OpenAIServingModels.show_available_models returns once loaded
         cards = [ModelCard(id="mofe-tiny@1", root="/models/registry/x")]
