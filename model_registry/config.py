@@ -28,6 +28,7 @@ from .errors import LocationError
 from .stores import ArtifactStore, MetadataStore
 
 REGISTRY_ENV = "MOFE_REGISTRY"
+DB_FILE = "registry.db"  # the embedded SQLite database inside a registry folder
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 ARTIFACTS_PARAM = "artifacts"
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -44,13 +45,21 @@ class RegistryLocation:
     def is_postgres(self) -> bool:
         return self.conninfo is not None
 
+    @property
+    def database(self) -> str:
+        """The metadata database, as messages name it."""
+        return self.shown.split("?", 1)[0] if self.is_postgres else str(self.root / DB_FILE)
+
 
 def default_root() -> Path:
     return platformdirs.user_data_path("mofe-registry")
 
 
-def parse_location(value: str | os.PathLike | None = None) -> RegistryLocation:
+def parse_location(value: str | os.PathLike | RegistryLocation | None = None
+                   ) -> RegistryLocation:
     """Parse a registry location; None: $MOFE_REGISTRY, else the default folder."""
+    if isinstance(value, RegistryLocation):  # e.g. Registry(other.location): the same registry
+        return value
     if value is None or str(value) == "":
         value = os.environ.get(REGISTRY_ENV) or default_root()
     if isinstance(value, os.PathLike) or not _URL.match(str(value)):
@@ -143,8 +152,7 @@ def metadata_store(location: RegistryLocation, read_only: bool) -> MetadataStore
         from .pg_store import PostgresMetadataStore
 
         return PostgresMetadataStore(location.conninfo, read_only=read_only,
-                                     where=location.shown.split("?", 1)[0])
-    from .registry import DB_FILE
+                                     where=location.database)
     from .sqlite_store import SQLiteMetadataStore
 
     return SQLiteMetadataStore(location.root / DB_FILE, read_only=read_only)

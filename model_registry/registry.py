@@ -12,7 +12,14 @@ from typing import Literal
 
 from . import refs
 from ._hooks import pause_point
-from .config import REGISTRY_ENV, artifact_store, metadata_store, parse_location
+from .config import (
+    DB_FILE,
+    REGISTRY_ENV,
+    RegistryLocation,
+    artifact_store,
+    metadata_store,
+    parse_location,
+)
 from .describe import describe, load_manifest
 from .errors import NotFoundError
 from .frozen import manifest_consistency
@@ -20,8 +27,6 @@ from .inspection import inspect_checkpoint
 from .manifest import MANIFEST_FILE
 from .sqlite_store import now
 from .stores import ArtifactStore, EvalEntry, MetadataStore, VersionInfo
-
-DB_FILE = "registry.db"
 
 
 class Registry:
@@ -32,8 +37,9 @@ class Registry:
     directory, runs no recovery sweep and no migration, and opens the database read-only; a
     registry that does not exist is a NotFoundError naming it."""
 
-    def __init__(self, root: Path | str | None = None, *, metadata: MetadataStore | None = None,
-                 artifacts: ArtifactStore | None = None, read_only: bool = False):
+    def __init__(self, root: Path | str | RegistryLocation | None = None, *,
+                 metadata: MetadataStore | None = None, artifacts: ArtifactStore | None = None,
+                 read_only: bool = False):
         self.location = parse_location(root)
         self.root = self.location.root
         self.read_only = read_only
