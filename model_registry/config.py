@@ -20,7 +20,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import platformdirs
 
@@ -70,7 +70,7 @@ def parse_location(value: str | os.PathLike | RegistryLocation | None = None
 
 def _parse_postgres_url(text: str) -> RegistryLocation:
     parts = urlsplit(text)
-    shown = urlunsplit(parts._replace(netloc=_hide_password(parts), query=""))
+    shown = f"{parts.scheme}://{_hide_password(parts)}{parts.path}"
     scheme = parts.scheme.lower()
     if scheme not in POSTGRES_SCHEMES:
         raise LocationError(f"registry location {shown!r}: unsupported scheme {scheme!r}; "
@@ -80,8 +80,9 @@ def _parse_postgres_url(text: str) -> RegistryLocation:
     if len(artifacts) > 1:
         raise LocationError(f"registry URL {shown!r}: '{ARTIFACTS_PARAM}' is given "
                             f"{len(artifacts)} times; give it once")
-    conninfo = urlunsplit(parts._replace(
-        query=urlencode([(k, v) for k, v in params if k != ARTIFACTS_PARAM])))
+    query = urlencode([(k, v) for k, v in params if k != ARTIFACTS_PARAM])
+    # not urlunsplit: it drops the '//' of an empty host (postgresql:///db?host=/socket)
+    conninfo = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
     try:
         from psycopg.conninfo import conninfo_to_dict
 

@@ -47,9 +47,9 @@ class Registry:
                 and not (self.root / DB_FILE).is_file()):
             raise NotFoundError(f"no model registry at {self.root} (no {DB_FILE}; set "
                                 f"{REGISTRY_ENV} or --registry, or register a model first)")
+        self.artifacts = artifacts or artifact_store(self.location, read_only)
         if not read_only:
             self.root.mkdir(parents=True, exist_ok=True)
-        self.artifacts = artifacts or artifact_store(self.location, read_only)
         self.meta = metadata or metadata_store(self.location, read_only)
         # Leftovers of killed registrations are removed on a writer's open (none in flight).
         self.recovered = [] if read_only else self.artifacts.recover(self.meta.artifact_keys)

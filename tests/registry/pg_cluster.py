@@ -79,6 +79,10 @@ class PostgresCluster:
     def start(self) -> PostgresCluster:
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust",
                   "--no-sync", "--encoding=UTF8", "--no-locale")
+        # The superuser (what the tests connect as) is trusted on the socket; any other role
+        # must give its password (tests of secrets from the environment, PGPASSWORD).
+        (self.data / "pg_hba.conf").write_text(
+            f"local all {SUPERUSER} trust\nlocal all all scram-sha-256\n")
         options = (f"-k {self.dir} -c listen_addresses='' -c fsync=off "
                    "-c synchronous_commit=off -c full_page_writes=off -c max_connections=100")
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
@@ -94,9 +98,9 @@ class PostgresCluster:
             self.started = False
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def conninfo(self, dbname: str) -> str:
+    def conninfo(self, dbname: str, user: str = SUPERUSER) -> str:
         """libpq URL of a database of this cluster (over the Unix socket)."""
-        return f"postgresql://{SUPERUSER}@/{dbname}?host={quote(str(self.dir), safe='')}"
+        return f"postgresql://{user}@/{dbname}?host={quote(str(self.dir), safe='')}"
 
     def admin(self):
         import psycopg

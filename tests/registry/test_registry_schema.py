@@ -85,3 +85,11 @@ def test_foreign_or_damaged_databases_are_refused(backend, setup):
         with pytest.raises(SchemaError, match=expected):
             Registry(backend.location, read_only=read_only)
     assert backend.tables() == before  # refused, not "repaired"
+
+
+def test_older_schema_is_not_migrated_by_a_lookup(registry, backend):
+    backend.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match="schema is older than version 1; run a registry "
+                                          "command that writes"):
+        Registry(backend.location, read_only=True)
+    assert backend.execute("SELECT value FROM meta WHERE key = 'schema_version'") == [("0",)]
