@@ -10,8 +10,10 @@ Two forms (docs/registry.md, "Team registry"):
                               a password. WHERE: an absolute folder or file:// URL (a
                               folder every user of the registry sees), or an object-store
                               URL (s3://bucket/prefix) once that ArtifactStore is wired in
-                              (see `artifact_store`). Without it: a local folder per
-                              database under the user data directory.
+                              (see `artifact_store`); its local verified cache is
+                              $MOFE_REGISTRY_CACHE (deploy/: an emptyDir per pod), else a
+                              folder under the user cache directory. Without `artifacts`: a
+                              local folder per database under the user data directory.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from .errors import LocationError
 from .stores import ArtifactStore, MetadataStore
 
 REGISTRY_ENV = "MOFE_REGISTRY"
+CACHE_ENV = "MOFE_REGISTRY_CACHE"  # local cache folder of artifacts kept in an object store
 DB_FILE = "registry.db"  # the embedded SQLite database inside a registry folder
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 ARTIFACTS_PARAM = "artifacts"
@@ -126,6 +129,12 @@ def _artifact_folder(where: str, shown: str) -> Path:
             raise LocationError(f"{bad}: a file:// URL must be file:///ABSOLUTE/FOLDER")
         return path
     # An object store: artifacts live in the bucket, this folder is the node's local cache.
+    cache = os.environ.get(CACHE_ENV)
+    if cache:
+        if not Path(cache).is_absolute():
+            raise LocationError(f"{CACHE_ENV}={cache!r} is a relative path; give an absolute "
+                                "folder")
+        return Path(cache)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", where).strip("_")
     return platformdirs.user_cache_path("mofe-registry") / slug
 

@@ -40,6 +40,11 @@ def test_postgres_url_forms(monkeypatch, tmp_path):
     assert default.root == tmp_path / "data" / "mofe-team-registry" / "h-5432-models"
     assert parse_location("postgresql:///models?host=/run/pg").conninfo == \
         "postgresql:///models?host=%2Frun%2Fpg"
+    # artifacts in a bucket: the local folder is the node's cache (an emptyDir in deploy/)
+    monkeypatch.setenv("MOFE_REGISTRY_CACHE", "/var/cache/mofe-registry")
+    bucket = parse_location("postgresql://h/models?artifacts=s3://mofe-models/registry")
+    assert bucket.artifacts == "s3://mofe-models/registry"
+    assert str(bucket.root) == "/var/cache/mofe-registry"
 
 
 @pytest.mark.parametrize(("url", "message"), [
