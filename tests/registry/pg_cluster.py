@@ -3,7 +3,8 @@
 initdb in a private temp dir, listening only on a Unix socket in that dir (no TCP port, so
 clusters of parallel test sessions cannot collide), superuser `mofe`, trust auth on the
 socket. PostgreSQL refuses to run as root; under root the server runs as the `postgres`
-user (Debian's package creates it; `nobody` otherwise) via runuser, owning the temp dir.
+user (Debian's package creates it; `nobody` otherwise) via runuser (or setpriv), owning
+the temp dir.
 fsync is off: the cluster is thrown away, and a killed *client* (what the crash tests
 do) is unaffected by it. `stop()` is immediate and removes everything.
 """
@@ -68,8 +69,11 @@ class PostgresCluster:
 
     def _run(self, *args: str) -> None:
         cmd = [str(self.bindir / args[0]), *args[1:]]
-        if self.user:
+        if self.user and shutil.which("runuser"):
             cmd = ["runuser", "-u", self.user, "--", *cmd]
+        elif self.user:  # util-linux without runuser: setpriv does the same
+            cmd = ["setpriv", f"--reuid={self.user}", f"--regid={self.user}", "--init-groups",
+                   *cmd]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
             log = self.log.read_text()[-3000:] if self.log.is_file() else ""
