@@ -20,7 +20,7 @@ Where a registry lives (a folder, or postgresql://...?artifacts=...) is parsed i
 
 from .manifest import MANIFEST_FILE, Manifest
 
-__all__ = ["MANIFEST_FILE", "Manifest", "Registry", "resolve_ref"]
+__all__ = ["MANIFEST_FILE", "Manifest", "Registry", "open_registry", "resolve_ref"]
 
 
 def __getattr__(name: str):
@@ -29,4 +29,8 @@ def __getattr__(name: str):
         from . import registry
 
         return getattr(registry, name)
+    if name == "open_registry":
+        from .config import open_registry
+
+        return open_registry
     raise AttributeError(f"module 'model_registry' has no attribute {name!r}")
