@@ -8,22 +8,19 @@ and the registry.
 Registry (registry.py) is written against two small interfaces (stores.py):
   MetadataStore  versions, file and expert-tensor hashes, aliases, evals. Its one hard
                  requirement: `publish` allocates the next version number and writes every row
-                 in ONE transaction. Here: SQLiteMetadataStore (sqlite_store.py; WAL,
-                 busy_timeout, BEGIN IMMEDIATE), schema versioned and migrated in schema.py.
+                 in ONE transaction. SQLiteMetadataStore (sqlite_store.py; WAL, busy_timeout,
+                 BEGIN IMMEDIATE) for one machine, PostgresMetadataStore (pg_store.py; psycopg
+                 3, an advisory write lock) for a team; both run the same queries
+                 (SQLMetadataStore) on the same schema (schema.py, versioned and migrated).
   ArtifactStore  checkpoint directories: stage locally, publish under a key inside the
                  metadata transaction, hand back a local directory. Here:
                  FilesystemArtifactStore (fs_store.py; <root>/artifacts/<name>/v<N>).
-For more than one machine, both plug in at `Registry(metadata=..., artifacts=...)`:
-a PostgreSQL MetadataStore (same tables; SELECT ... FOR UPDATE on the models row or a
-sequence per name for versions, one transaction per publish) and an S3-compatible
-ArtifactStore (staging = local temp dir; publish = upload to a versioned key prefix, then
-write the rows; local_path = download into a content-addressed cache, verified against the
-recorded SHA-256s; recover = delete prefixes no row refers to).
+Where a registry lives (a folder, or postgresql://...?artifacts=...) is parsed in config.py.
 """
 
 from .manifest import MANIFEST_FILE, Manifest
 
-__all__ = ["MANIFEST_FILE", "Manifest", "Registry", "resolve_ref"]
+__all__ = ["MANIFEST_FILE", "Manifest", "Registry", "open_registry", "resolve_ref"]
 
 
 def __getattr__(name: str):
@@ -32,4 +29,8 @@ def __getattr__(name: str):
         from . import registry
 
         return getattr(registry, name)
+    if name == "open_registry":
+        from .config import open_registry
+
+        return open_registry
     raise AttributeError(f"module 'model_registry' has no attribute {name!r}")

@@ -4,7 +4,7 @@ The process prints `MOFE-PAUSED <stage>` to stderr and waits, so a test can SIGK
 exactly there and check that nothing half-written is visible, or (when
 MOFE_REGISTRY_TEST_RESUME_FILE names a file) go on once that file exists, so several
 processes can be released into the same stage at once. Stages, in order: staged, hashed,
-locked, placed, inserted (see Registry.register and SQLiteMetadataStore.publish).
+locked, placed, inserted (see Registry.register and SQLMetadataStore.publish).
 """
 
 from __future__ import annotations

@@ -53,11 +53,14 @@ def _print_json(data) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--registry", "root", type=click.Path(file_okay=False), envvar="MOFE_REGISTRY",
-              help="Registry root folder [env MOFE_REGISTRY; default: user data dir/mofe-registry]")
+@click.option("--registry", "root", metavar="FOLDER|URL", envvar="MOFE_REGISTRY",
+              help="Registry folder (embedded SQLite), or postgresql://USER@HOST/DB"
+                   "[?artifacts=FOLDER] for a team registry [env MOFE_REGISTRY; default: "
+                   "user data dir/mofe-registry]")
 @click.pass_context
 def registry_cli(ctx: click.Context, root: str | None) -> None:
-    """Versioned, verifiable registry of MoFE checkpoints (SQLite + artifact folder).
+    """Versioned, verifiable registry of MoFE checkpoints (SQLite or PostgreSQL metadata +
+    artifact folder).
 
     REF is NAME (latest version), NAME@3, NAME@ALIAS (e.g. NAME@prod) or a checkpoint path.
     """

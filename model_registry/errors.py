@@ -29,3 +29,7 @@ class SchemaError(RegistryError):
 
 class UnsafePathError(RegistryError):
     """A stored artifact location escapes the registry root."""
+
+
+class LocationError(RegistryError, ValueError):
+    """MOFE_REGISTRY / --registry is neither a folder nor a registry URL we can use."""

@@ -6,49 +6,51 @@ a process killed at any point leaves either a complete version or none (see fs_s
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
-
 from . import refs
 from ._hooks import pause_point
+from .config import (
+    DB_FILE,
+    REGISTRY_ENV,
+    RegistryLocation,
+    artifact_store,
+    metadata_store,
+    parse_location,
+)
 from .describe import describe, load_manifest
 from .errors import NotFoundError
 from .frozen import manifest_consistency
-from .fs_store import FilesystemArtifactStore
 from .inspection import inspect_checkpoint
 from .manifest import MANIFEST_FILE
-from .sqlite_store import SQLiteMetadataStore, now
+from .sqlite_store import now
 from .stores import ArtifactStore, EvalEntry, MetadataStore, VersionInfo
-
-REGISTRY_ENV = "MOFE_REGISTRY"
-DB_FILE = "registry.db"
-
-
-def default_root() -> Path:
-    env = os.environ.get(REGISTRY_ENV)
-    return Path(env).expanduser() if env else platformdirs.user_data_path("mofe-registry")
 
 
 class Registry:
-    """read_only=True is for lookups (get, resolve, list, show, verify): it creates no
-    directory, runs no recovery sweep and no migration, and opens SQLite read-only; a
-    registry that does not exist is a NotFoundError naming the folder."""
+    """root: a folder (embedded SQLite + artifact folder) or a registry URL
+    (postgresql://...; see config.py); None: $MOFE_REGISTRY, else the default folder.
 
-    def __init__(self, root: Path | str | None = None, *, metadata: MetadataStore | None = None,
-                 artifacts: ArtifactStore | None = None, read_only: bool = False):
-        self.root = Path(root or default_root()).expanduser().absolute()
+    read_only=True is for lookups (get, resolve, list, show, verify): it creates no
+    directory, runs no recovery sweep and no migration, and opens the database read-only; a
+    registry that does not exist is a NotFoundError naming it."""
+
+    def __init__(self, root: Path | str | RegistryLocation | None = None, *,
+                 metadata: MetadataStore | None = None, artifacts: ArtifactStore | None = None,
+                 read_only: bool = False):
+        self.location = parse_location(root)
+        self.root = self.location.root
         self.read_only = read_only
-        if read_only and metadata is None and not (self.root / DB_FILE).is_file():
+        if (read_only and metadata is None and not self.location.is_postgres
+                and not (self.root / DB_FILE).is_file()):
             raise NotFoundError(f"no model registry at {self.root} (no {DB_FILE}; set "
                                 f"{REGISTRY_ENV} or --registry, or register a model first)")
+        self.artifacts = artifacts or artifact_store(self.location, read_only)
         if not read_only:
             self.root.mkdir(parents=True, exist_ok=True)
-        self.artifacts = artifacts or FilesystemArtifactStore(self.root, create=not read_only)
-        self.meta = metadata or SQLiteMetadataStore(self.root / DB_FILE, read_only=read_only)
+        self.meta = metadata or metadata_store(self.location, read_only)
         # Leftovers of killed registrations are removed on a writer's open (none in flight).
         self.recovered = [] if read_only else self.artifacts.recover(self.meta.artifact_keys)
 

@@ -1,98 +1,100 @@
-"""MetadataStore on SQLite (WAL, busy_timeout, BEGIN IMMEDIATE for every write)."""
+"""MetadataStore on SQLite (WAL, busy_timeout, BEGIN IMMEDIATE for every write), and the SQL
+it shares with the PostgreSQL store (pg_store.py).
+
+`SQLMetadataStore` holds every query, written once in SQL both back-ends run (upserts with
+ON CONFLICT, ids from RETURNING, '?' placeholders: pg_store's connection maps them). A
+back-end adds only its connection, its write transaction and its schema dialect.
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from ._hooks import pause_point
 from .errors import ConflictError, NotFoundError, SchemaError
-from .schema import SCHEMA_VERSION, ensure_schema
+from .schema import SCHEMA_VERSION, SQLITE, Dialect, ensure_schema, tables
 from .stores import EvalEntry, FileEntry, ModelSummary, NewVersion, VersionInfo
 
 BUSY_TIMEOUT_S = 60.0
+UPSERT_ALIAS = ("INSERT INTO aliases (name, alias, version_id) VALUES (?, ?, ?) "
+                "ON CONFLICT (name, alias) DO UPDATE SET version_id = excluded.version_id")
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-class SQLiteMetadataStore:
-    def __init__(self, db_path: Path, read_only: bool = False):
-        self.db_path = Path(db_path)
-        self.read_only = read_only
-        self.migrated_from = SCHEMA_VERSION
-        if read_only:  # a lookup: no journal-mode change, no schema migration, no writes
-            if not self.db_path.is_file():
-                raise NotFoundError(f"no registry database at {self.db_path}")
-            self.conn = sqlite3.connect(f"{self.db_path.absolute().as_uri()}?mode=ro", uri=True,
-                                        timeout=BUSY_TIMEOUT_S, isolation_level=None,
-                                        check_same_thread=False)
-            self.conn.row_factory = sqlite3.Row
-            if not self._schema_is_current():
-                self._refuse_stale_schema()
-            return
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so version allocation and
-        # every row of a registration share one explicit write transaction.
-        self.conn = sqlite3.connect(str(self.db_path), timeout=BUSY_TIMEOUT_S,
-                                    isolation_level=None, check_same_thread=False)
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-        self.conn.execute("PRAGMA journal_mode = WAL")
-        self.conn.execute("PRAGMA synchronous = FULL")
-        self.conn.execute("PRAGMA foreign_keys = ON")
-        if not self._schema_is_current():  # read first: opening must not wait on a writer
-            with self.write():
-                self.migrated_from = ensure_schema(self.conn, str(self.db_path))
+class SQLMetadataStore:
+    """The MetadataStore queries, over a connection with sqlite3's call shape.
 
-    def _refuse_stale_schema(self) -> None:
-        """Read-only: name a newer or broken schema as a writer would; an older one needs a
-        writer to migrate it."""
-        self.conn.execute("BEGIN")
-        try:
-            ensure_schema(self.conn, str(self.db_path))  # raises before writing, or tries to
-        except sqlite3.OperationalError:  # ...migrate, which a read-only connection refuses
-            raise SchemaError(f"{self.db_path}: schema is older than version {SCHEMA_VERSION}; "
-                              "run a registry command that writes (e.g. register) to migrate "
-                              "it") from None
-        finally:
-            self.conn.execute("ROLLBACK")
-            self.conn.close()
+    Subclasses set `conn`, `where` (the database, for messages: never a password),
+    `dialect`, `read_only`, and implement `write()` (one transaction that excludes every
+    other writer) and `_read_transaction()` (one that always rolls back)."""
 
-    def _schema_is_current(self) -> bool:
-        try:
-            row = self.conn.execute(
-                "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.OperationalError:  # no meta table yet (or not ours): decide under lock
-            return False
-        return row is not None and row[0] == str(SCHEMA_VERSION)
+    conn: Any
+    where: str
+    dialect: Dialect
+    read_only: bool
+    # what the back-end raises when a read-only transaction tries to write
+    refused_write: tuple[type[BaseException], ...] = ()
+
+    def write(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def _read_transaction(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
 
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        if self.read_only:
-            raise ConflictError(f"{self.db_path} was opened read-only (a lookup); "
-                                "this operation writes")
-        self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+    def _open_schema(self) -> None:
+        """Writers create or migrate the schema; lookups only check it (a registry with no
+        tables at all is not there yet: NotFoundError)."""
+        self.migrated_from = SCHEMA_VERSION
+        if self._schema_is_current():  # read first: opening must not wait on a writer
+            return
+        if not self.read_only:
+            with self.write():  # re-checked under the write lock: another writer may have won
+                self.migrated_from = ensure_schema(self.conn, self.where, self.dialect)
+            return
+        if not tables(self.conn, self.dialect):
+            self.close()
+            raise NotFoundError(f"no model registry at {self.where} (no tables yet; register "
+                                "a model first)")
+        self._refuse_stale_schema()
+
+    def _refuse_stale_schema(self) -> None:
+        """Read-only: name a newer or broken schema as a writer would; an older one needs a
+        writer to migrate it."""
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            with self._read_transaction():
+                ensure_schema(self.conn, self.where, self.dialect)  # raises before writing,
+        except self.refused_write:  # ...or tries to migrate, which a read-only one refuses
+            raise SchemaError(f"{self.where}: schema is older than version {SCHEMA_VERSION}; "
+                              "run a registry command that writes (e.g. register) to migrate "
+                              "it") from None
+        finally:
+            self.close()
+
+    def _schema_is_current(self) -> bool:
+        if "meta" not in tables(self.conn, self.dialect):  # a new database (or not ours)
+            return False
+        row = self.conn.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return row is not None and row[0] == str(SCHEMA_VERSION)
 
     # ---- writes -------------------------------------------------------------------------
     def publish(self, new: NewVersion, aliases: list[str],
                 place_artifact: Callable[[int], str]) -> VersionInfo:
         with self.write() as c:
-            c.execute("INSERT OR IGNORE INTO models (name, created_at) VALUES (?, ?)",
-                      (new.name, now()))
+            c.execute("INSERT INTO models (name, created_at) VALUES (?, ?) "
+                      "ON CONFLICT (name) DO NOTHING", (new.name, now()))
             version = c.execute("UPDATE models SET next_version = next_version + 1 "
                                 "WHERE name = ? RETURNING next_version - 1",
                                 (new.name,)).fetchone()[0]
@@ -103,18 +105,17 @@ class SQLiteMetadataStore:
                 "INSERT INTO versions (name, version, created_at, storage, artifact, "
                 "source_path, kind, layout, source_layout, converted, vllm_loadable, "
                 "config_json, manifest_json, frozen_check, frozen_details, total_bytes) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (new.name, version, now(), new.storage, artifact, new.source_path, new.kind,
                  new.layout, new.source_layout, int(new.converted), int(new.vllm_loadable),
                  json.dumps(new.config), json.dumps(new.manifest) if new.manifest else None,
-                 new.frozen_check, json.dumps(new.frozen_details), new.total_bytes)).lastrowid
+                 new.frozen_check, json.dumps(new.frozen_details), new.total_bytes)).fetchone()[0]
             c.executemany("INSERT INTO files (version_id, path, size, sha256) VALUES (?,?,?,?)",
                           [(vid, f.path, f.size, f.sha256) for f in new.files])
             c.executemany(
                 "INSERT INTO expert_tensors (version_id, expert, key, sha256) VALUES (?,?,?,?)",
                 [(vid, e, k, h) for e, hs in new.expert_hashes.items() for k, h in hs.items()])
-            c.executemany("INSERT OR REPLACE INTO aliases (name, alias, version_id) "
-                          "VALUES (?,?,?)", [(new.name, a, vid) for a in aliases])
+            c.executemany(UPSERT_ALIAS, [(new.name, a, vid) for a in aliases])
             pause_point("inserted")
         return self.get(new.name, version)
 
@@ -123,8 +124,7 @@ class SQLiteMetadataStore:
         with self.write() as c:
             vid = self._vid(name, version)
             before = self.alias_target(name, alias)
-            c.execute("INSERT OR REPLACE INTO aliases (name, alias, version_id) VALUES (?,?,?)",
-                      (name, alias, vid))
+            c.execute(UPSERT_ALIAS, (name, alias, vid))
         return before
 
     def remove_alias(self, name: str, alias: str) -> int | None:
@@ -167,7 +167,7 @@ class SQLiteMetadataStore:
                                 (name, version)).fetchone()
         return self._info(row) if row else None
 
-    def _info(self, row: sqlite3.Row) -> VersionInfo:
+    def _info(self, row: Any) -> VersionInfo:
         vid = row["id"]
         q = self.conn.execute
         aliases = [r[0] for r in q("SELECT alias FROM aliases WHERE version_id = ? "
@@ -236,3 +236,53 @@ class SQLiteMetadataStore:
     def artifact_keys(self) -> set[str]:
         return {r[0] for r in self.conn.execute(
             "SELECT artifact FROM versions WHERE storage = 'copy'")}
+
+
+class SQLiteMetadataStore(SQLMetadataStore):
+    dialect = SQLITE
+    refused_write = (sqlite3.OperationalError,)
+
+    def __init__(self, db_path: Path, read_only: bool = False):
+        self.db_path = Path(db_path)
+        self.where = str(self.db_path)
+        self.read_only = read_only
+        if read_only:  # a lookup: no journal-mode change, no schema migration, no writes
+            if not self.db_path.is_file():
+                raise NotFoundError(f"no registry database at {self.db_path}")
+            self.conn = sqlite3.connect(f"{self.db_path.absolute().as_uri()}?mode=ro", uri=True,
+                                        timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                        check_same_thread=False)
+            self.conn.row_factory = sqlite3.Row
+            self._open_schema()
+            return
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so version allocation and
+        # every row of a registration share one explicit write transaction.
+        self.conn = sqlite3.connect(str(self.db_path), timeout=BUSY_TIMEOUT_S,
+                                    isolation_level=None, check_same_thread=False)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA synchronous = FULL")
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        self._open_schema()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            raise ConflictError(f"{self.db_path} was opened read-only (a lookup); "
+                                "this operation writes")
+        self.conn.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def _read_transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("ROLLBACK")

@@ -1,8 +1,8 @@
 """Records and the two storage interfaces the registry is written against.
 
 `MetadataStore` keeps rows (versions, files, hashes, aliases, evals); `ArtifactStore` keeps
-checkpoint directories. One machine: SQLite + a local folder. Several machines: implement
-the same two protocols over PostgreSQL and an S3-compatible bucket (see the package doc).
+checkpoint directories. One machine: SQLite + a local folder. A team: PostgreSQL
+(pg_store.py) + a shared folder or a bucket (see the package doc and config.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ def rendered(tmp_path_factory) -> dict[str, list[dict]]:
     hpa = write_overlay(
         tmp_path_factory.mktemp("overlays") / "gpu-hpa",
         [K8S / "base"],
-        [K8S / "components" / c for c in ("model-store", "monitoring", "alerts",
+        [K8S / "components" / c for c in ("team-registry", "monitoring", "alerts",
                                           "autoscaling-hpa")],
         images=[{"name": "mofe-serve", "newTag": "0.1.0-cuda"}])
     out["gpu-hpa"] = render(hpa)

@@ -27,6 +27,8 @@ OVERLAYS = {
 }
 # Kustomizations applied into an overlay's namespace, using its model store (PVC mofe-models).
 JOBS = {"batch-qa", "model-upload"}
+# Rendered overlays whose server uses the team registry (PostgreSQL + bucket, no volume).
+TEAM_REGISTRY_OVERLAYS = ("gpu", "gpu-hpa")
 # Labels Prometheus (Operator) adds to every scraped series.
 TARGET_LABELS = {"namespace", "pod", "service", "job", "instance", "endpoint", "container"}
 
@@ -113,7 +115,9 @@ def all_containers(obj: dict) -> list[dict]:
 
 
 def container_env(objs: list[dict], container: dict) -> dict[str, str]:
-    """Plain values and ConfigMap references resolved against the rendered ConfigMaps."""
+    """Plain values and ConfigMap references resolved against the rendered ConfigMaps; a
+    Secret reference (never rendered: Secrets are not in the repository) reads
+    "<secret NAME/KEY>"."""
     env: dict[str, str] = {}
     for ref in container.get("envFrom", []):
         if "configMapRef" in ref:
@@ -124,6 +128,9 @@ def container_env(objs: list[dict], container: dict) -> dict[str, str]:
         elif "configMapKeyRef" in item.get("valueFrom", {}):
             ref = item["valueFrom"]["configMapKeyRef"]
             env[item["name"]] = one(objs, "ConfigMap", ref["name"])["data"][ref["key"]]
+        elif "secretKeyRef" in item.get("valueFrom", {}):
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = f"<secret {ref['name']}/{ref['key']}>"
     return env
 
 

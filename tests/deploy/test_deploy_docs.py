@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 
 from deploy_support import OVERLAYS, REPO, find, one, pod_spec
 
@@ -56,3 +57,38 @@ def test_every_alert_is_documented(rendered):
     assert "MofeRoutingDataStale" in alerts
     missing = {a for a in alerts if f"`{a}`" not in _text()}
     assert not missing, f"docs/deploy.md does not describe {sorted(missing)}"
+
+
+def _secret_commands() -> dict[tuple[str, str], dict[str, str]]:
+    """(namespace, secret) -> {key: literal as written} of every `create secret` line."""
+    made: dict[tuple[str, str], dict[str, str]] = {}
+    for line in _text().splitlines():
+        match = re.search(r"-n (\S+) create secret generic (\S+) (.*)", line)
+        if match:
+            literals = shlex.split(match.group(3))
+            made[match.group(1), match.group(2)] = dict(
+                item.removeprefix("--from-literal=").split("=", 1) for item in literals
+                if item.startswith("--from-literal="))
+    return made
+
+
+def test_team_registry_secrets_are_documented_and_the_url_parses(rendered):
+    """Every Secret key the GPU server reads has a documented `create secret` command, and
+    the documented registry URL is one `mofe registry` accepts (PostgreSQL + a bucket)."""
+    from model_registry.config import parse_location
+
+    made = _secret_commands()
+    objs = rendered["gpu"]
+    namespace = find(objs, "Namespace")[0]["metadata"]["name"]
+    server = pod_spec(one(objs, "Deployment", "mofe-serve"))["containers"][0]
+    refs = [e["valueFrom"]["secretKeyRef"] for e in server["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})]
+    assert {r["name"] for r in refs} >= {"mofe-registry", "mofe-registry-bucket"}
+    for ref in refs:
+        assert ref["key"] in made.get((namespace, ref["name"]), {}), ref
+    url = made[namespace, "mofe-registry"]["url"]
+    location = parse_location(url)
+    assert location.is_postgres and location.artifacts.startswith("s3://")
+    assert "@" in url and ":" not in url.split("//", 1)[1].split("@")[0]  # no password in it
+    # The registering command uses the same registry the pods read.
+    assert f"export MOFE_REGISTRY='{url}'" in _text()

@@ -9,11 +9,14 @@ from pathlib import Path
 import kubernetes_validate as kv
 import pytest
 import tomllib
+import yaml
 from deploy_support import (
+    DEPLOY,
     JOBS,
     K8S,
     K8S_VERSION,
     REPO,
+    TEAM_REGISTRY_OVERLAYS,
     all_containers,
     find,
     generated,
@@ -54,7 +57,7 @@ def test_every_overlay_validates_strictly(rendered):
             except kv.ValidationError as err:
                 pytest.fail(f"{where} invalid at {list(err.path)}: {err.message}")
             checked += 1
-    assert checked >= 25
+    assert checked >= 20  # 24 with the team registry (no PVC or model-store ConfigMaps on GPU)
 
 
 def test_strict_validation_rejects_a_typo(rendered):
@@ -219,14 +222,13 @@ def test_overlay_specifics(rendered):
     assert {e["name"]: e.get("value") for e in cpu_server["env"]}["VLLM_CPU_KVCACHE_SPACE"]
     assert cpu_server["image"].endswith("-cpu") and gpu_server["image"].endswith("-cuda")
     assert all(c["image"] == cpu_server["image"] for c in cpu["initContainers"])
-    assert all(c["image"] == gpu_server["image"] for c in gpu["initContainers"])
+    assert all(c["image"] == gpu_server["image"] for c in gpu.get("initContainers", []))
     assert gpu["runtimeClassName"] == "nvidia"
     for section in ("requests", "limits"):
         assert gpu_server["resources"][section]["nvidia.com/gpu"] == "1"
     assert any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
-    # Several GPU replicas on several nodes share one registry volume.
-    pvc = one(rendered["gpu"], "PersistentVolumeClaim", "mofe-models")
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # Several GPU replicas on several nodes share the team registry, not a volume.
+    assert not find(rendered["gpu"], "PersistentVolumeClaim")
     # The dev secret is optional (no key: open server); production requires it.
     def key_ref(server):
         return next(e for e in server["env"] if e["name"] == "MOFE_API_KEY")["valueFrom"]
@@ -235,3 +237,50 @@ def test_overlay_specifics(rendered):
     assert not find(rendered["cpu-dev"], "Secret") and not find(rendered["gpu"], "Secret")
     # Generated options reach the pod (hash-suffixed names are rewritten by kustomize).
     assert generated(rendered["gpu"], "ConfigMap", "mofe-serve-config")["data"]["MOFE_DTYPE"]
+
+
+def test_no_registry_on_shared_storage(rendered):
+    """The embedded registry (SQLite + flock) is single-host: no ReadWriteMany volume and no
+    volume shared by replicas that may land on several nodes."""
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and path.suffix in (".yaml", ".yml", ".sh", ""):
+            assert "ReadWriteMany" not in path.read_text(), path
+    for name, objs in rendered.items():
+        for pvc in find(objs, "PersistentVolumeClaim"):
+            assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"], (name, pvc)
+        autoscaled = set(_autoscaler_targets(objs))
+        for deployment in find(objs, "Deployment"):
+            claims = [v for v in pod_spec(deployment)["volumes"] if "persistentVolumeClaim" in v]
+            if claims:  # a volume-backed registry: one replica, never autoscaled
+                assert deployment["spec"].get("replicas") == 1, name
+                assert deployment["metadata"]["name"] not in autoscaled, name
+
+
+def test_team_registry_comes_from_secrets_and_caches_on_an_emptydir(rendered):
+    for name in TEAM_REGISTRY_OVERLAYS:
+        objs = rendered[name]
+        spec = pod_spec(one(objs, "Deployment", "mofe-serve"))
+        server = spec["containers"][0]
+        env = {e["name"]: e for e in server["env"]}
+        # The URL (host, user, bucket) and the password come from Secrets, never literals.
+        for var, secret in (("MOFE_REGISTRY", ("mofe-registry", "url")),
+                            ("PGPASSWORD", ("mofe-registry", "pg-password"))):
+            assert "value" not in env[var], (name, var)
+            ref = env[var]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"]) == secret and not ref.get("optional"), (name, var)
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "mofe-registry-bucket"
+        assert env["PGSSLMODE"]["value"] in ("require", "verify-ca", "verify-full")
+        # Nothing of the registry's location or credentials is written into the manifests.
+        for obj in objs:
+            text = yaml.safe_dump(obj)
+            assert "postgresql://" not in text and "s3://" not in text, (name, obj["kind"])
+        # Each pod's artifact cache is its own emptyDir, mounted where MOFE_REGISTRY_CACHE says.
+        cache = env["MOFE_REGISTRY_CACHE"]["value"]
+        mount = next(m for m in server["volumeMounts"] if m["mountPath"] == cache)
+        volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        assert set(volume) == {"name", "emptyDir"} and volume["emptyDir"]["sizeLimit"], name
+        assert not mount.get("readOnly")
+        # No volume of the pod is a claim (a shared volume), and no init container registers.
+        assert not [v for v in spec["volumes"] if "persistentVolumeClaim" in v], name
+        assert not spec.get("initContainers"), name

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +15,9 @@ from model_registry.cli import registry_cli
 
 
 @pytest.fixture
-def run(tmp_path):
-    root = str(tmp_path / "reg")
-
+def run(backend):
     def _run(*args: str, code: int = 0):
-        res = CliRunner().invoke(registry_cli, ["--registry", root, *args])
+        res = CliRunner().invoke(registry_cli, ["--registry", backend.location, *args])
         assert res.exit_code == code, (res.stdout, res.stderr, res.exception)
         return res
     return _run
@@ -84,13 +81,12 @@ def test_lineage_command(run, kit):
     assert node["experts"][0]["registered"] == "med-expert@1"
 
 
-def test_errors_are_one_clear_line(run, kit, tmp_path):
+def test_errors_are_one_clear_line(run, kit, backend):
     res = run("register", str(kit.fused), "--name", "../x", code=1)
     assert res.stderr.startswith("error: invalid model name '../x'")
     assert "is not registered" in run("resolve", "ghost", code=1).stderr
     run("list")
-    with sqlite3.connect(tmp_path / "reg" / "registry.db") as db:
-        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    backend.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     assert "schema_version 99 is newer" in run("list", code=1).stderr
 
 
@@ -109,7 +105,7 @@ print("HEAVY=" + ",".join(sorted(m for m in ("torch", "vllm", "transformers", "m
 """
 
 
-def test_registry_commands_import_no_torch_or_vllm(kit, tmp_path):
-    out = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path / "reg"), str(kit.fused)],
+def test_registry_commands_import_no_torch_or_vllm(kit, backend):
+    out = subprocess.run([sys.executable, "-c", PROBE, backend.location, str(kit.fused)],
                          capture_output=True, text=True, check=True).stdout
     assert "HEAVY=\n" in out

@@ -1,4 +1,5 @@
-"""Register, resolve, alias, evals and delete through the Python API (real SQLite, real files)."""
+"""Register, resolve, alias, evals and delete through the Python API (real SQLite and
+PostgreSQL, real files)."""
 
 from __future__ import annotations
 
@@ -102,12 +103,13 @@ def test_dense_llama_sources_can_be_registered(registry, kit):
     assert registry.meta.expert_hashes("med-expert", 1)[0] == expert_hashes(kit.experts[0])[0]
 
 
-def test_registry_root_from_environment(kit, tmp_path, monkeypatch):
-    monkeypatch.setenv("MOFE_REGISTRY", str(tmp_path / "env-root"))
+def test_registry_root_from_environment(kit, backend, monkeypatch):
+    monkeypatch.setenv("MOFE_REGISTRY", backend.location)
     with Registry() as reg:
-        assert reg.root == tmp_path / "env-root"
+        assert reg.root == backend.root
         reg.register(kit.bare, "moe")
-    assert (tmp_path / "env-root" / "registry.db").is_file()
+    assert backend.execute("SELECT name, version FROM versions") == [("moe", 1)]
+    assert (backend.root / "artifacts" / "moe" / "v1" / "config.json").is_file()
 
 
 def test_sharded_fused_checkpoint_with_subfolder(registry, kit, copy_of):
@@ -162,6 +164,6 @@ def test_delete_interrupted_after_commit_is_finished_on_next_open(registry, kit)
     registry.register(kit.per_expert, "moe")
     registry.meta.delete("moe", 1, force=False)  # rows gone, folder not yet removed
     assert (registry.root / "artifacts" / "moe" / "v1").is_dir()
-    with Registry(registry.root) as reopened:
+    with Registry(registry.location) as reopened:
         assert reopened.recovered == ["artifacts/moe/v1"]
     assert not (registry.root / "artifacts" / "moe" / "v1").exists()

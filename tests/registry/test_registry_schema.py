@@ -1,7 +1,9 @@
-"""Schema versioning: fresh databases are current, v0 is migrated, unknown ones are refused."""
+"""Schema versioning: fresh databases are current, v0 is migrated, unknown ones are refused
+(on both back-ends; v0 existed only on SQLite)."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 import pytest
@@ -21,12 +23,17 @@ def _schema_version(root) -> str:
         return db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
 
 
-def test_fresh_registry_has_current_schema(registry):
-    assert _schema_version(registry.root) == str(SCHEMA_VERSION)
+def test_fresh_registry_has_current_schema(registry, backend):
+    assert backend.execute("SELECT value FROM meta WHERE key = 'schema_version'") == \
+        [(str(SCHEMA_VERSION),)]
     assert registry.meta.migrated_from == SCHEMA_VERSION
+    reopened = Registry(backend.location)  # a second open finds it current: no migration
+    assert reopened.meta.migrated_from == SCHEMA_VERSION
+    reopened.close()
 
 
 def test_v0_database_is_migrated_in_place(kit, tmp_path):
+    # SQLite only: schema v0 predates the PostgreSQL store, which starts at v1.
     # A v0 registry (no evals table, no source_layout/converted columns) with one version,
     # its rows taken from a version registered by the current code.
     with Registry(tmp_path / "current") as current:
@@ -54,13 +61,13 @@ def test_v0_database_is_migrated_in_place(kit, tmp_path):
     assert _schema_version(old_root) == str(SCHEMA_VERSION)
 
 
-def test_newer_schema_is_refused(registry, tmp_path):
-    with sqlite3.connect(registry.root / "registry.db") as db:
-        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                   (str(SCHEMA_VERSION + 1),))
-    with pytest.raises(SchemaError, match=f"schema_version {SCHEMA_VERSION + 1} is newer than "
-                                          f"this mofe-serve understands"):
-        Registry(registry.root)
+def test_newer_schema_is_refused(registry, backend):
+    backend.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    (str(SCHEMA_VERSION + 1),))
+    for read_only in (False, True):
+        with pytest.raises(SchemaError, match=f"schema_version {SCHEMA_VERSION + 1} is newer "
+                                              f"than this mofe-serve understands"):
+            Registry(backend.location, read_only=read_only)
 
 
 @pytest.mark.parametrize("setup", [
@@ -69,11 +76,20 @@ def test_newer_schema_is_refused(registry, tmp_path):
      "INSERT INTO meta VALUES ('schema_version', 'abc')"],
     ["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)"],
 ])
-def test_foreign_or_damaged_databases_are_refused(tmp_path, setup):
-    root = tmp_path / "reg"
-    root.mkdir()
-    with sqlite3.connect(root / "registry.db") as db:
-        for stmt in setup:
-            db.execute(stmt)
-    with pytest.raises(SchemaError, match=r"registry.db: (not a mofe registry|meta.schema_vers)"):
-        Registry(root)
+def test_foreign_or_damaged_databases_are_refused(backend, setup):
+    for stmt in setup:
+        backend.execute(stmt)
+    before = backend.tables()
+    expected = rf"{re.escape(backend.database)}: (not a mofe registry|meta.schema_vers)"
+    for read_only in (False, True):
+        with pytest.raises(SchemaError, match=expected):
+            Registry(backend.location, read_only=read_only)
+    assert backend.tables() == before  # refused, not "repaired"
+
+
+def test_older_schema_is_not_migrated_by_a_lookup(registry, backend):
+    backend.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    with pytest.raises(SchemaError, match="schema is older than version 1; run a registry "
+                                          "command that writes"):
+        Registry(backend.location, read_only=True)
+    assert backend.execute("SELECT value FROM meta WHERE key = 'schema_version'") == [("0",)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 
 import pytest
 from hypothesis import given, settings
@@ -73,10 +72,9 @@ def test_symlinked_model_dir_pointing_out_is_refused(registry, kit, tmp_path):
         registry.resolve("moe")
 
 
-def test_tampered_artifact_key_is_refused(registry, kit):
+def test_tampered_artifact_key_is_refused(registry, backend, kit):
     registry.register(kit.bare, "moe")
-    with sqlite3.connect(registry.root / "registry.db") as db:
-        db.execute("UPDATE versions SET artifact = '../../etc'")
+    backend.execute("UPDATE versions SET artifact = '../../etc'")
     with pytest.raises(UnsafePathError, match="not of the form"):
         registry.resolve("moe")
 
