@@ -124,7 +124,7 @@ class BlobDir:
             os.chmod(tmp, BLOB_MODE)
             make_dirs(final.parent, self.root)
             try:
-                os.link(tmp, final)
+                link(Path(tmp), final)
             except FileExistsError:
                 pass  # another registration wrote the same tensor first: same bytes
         finally:
@@ -170,6 +170,8 @@ def link(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
         return
+    except FileExistsError:
+        raise
     except OSError as exc:
         if exc.errno == errno.EXDEV:
             raise RegistryError(
