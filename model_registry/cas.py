@@ -122,7 +122,7 @@ class BlobDir:
         try:
             write(Path(tmp))
             os.chmod(tmp, BLOB_MODE)
-            make_dirs(final.parent, self.root)
+            make_dirs(final.parent)
             try:
                 link(Path(tmp), final)
             except FileExistsError:
@@ -149,11 +149,11 @@ class BlobDir:
                 break
 
 
-def make_dirs(path: Path, top: Path) -> None:
-    """mkdir -p with mode 0755 for every directory created below `top` (umask aside)."""
+def make_dirs(path: Path) -> None:
+    """mkdir -p, with mode 0755 for every directory it creates (whatever the umask)."""
     path = Path(path)
     missing = []
-    while not path.exists() and path != top and path != path.parent:
+    while not path.exists() and path != path.parent:
         missing.append(path)
         path = path.parent
     for d in reversed(missing):

@@ -46,7 +46,7 @@ class FilesystemArtifactStore:
         self.lock_file = self.root / ".staging.lock"
         self.blobs = BlobDir(self.root / "blobs")
         for d in (self.artifacts, self.tmp, self.blobs.root) if create else ():  # lookups
-            make_dirs(d, self.root)  # create nothing
+            make_dirs(d)  # create nothing
 
     @contextmanager
     def _lock(self, mode: int) -> Iterator[bool]:
@@ -82,7 +82,7 @@ class FilesystemArtifactStore:
     def publish(self, staged: Path, name: str, version: int) -> str:
         key = f"{name}/v{version}"
         dst = self._path(key)
-        make_dirs(dst.parent, self.artifacts)
+        make_dirs(dst.parent)
         if dst.exists() or dst.is_symlink():
             # Only a killed registration can leave this: we hold the metadata write lock.
             self._remove_path(dst)
