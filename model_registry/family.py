@@ -23,7 +23,7 @@ from .stores import VersionInfo
 # Files that only say how the weights are laid out; the weights themselves are compared
 # tensor by tensor.
 _LAYOUT_FILES = ("model.safetensors.index.json", "mofe-store.json")
-SHOWN = 8
+SHOWN = 3  # names per kind in a summary (--json lists them all)
 
 
 class FamilyMember(VersionInfo):
@@ -98,7 +98,8 @@ def _summary(differs: dict[str, Any]) -> str:
     if differs["tensors"] is None:
         parts.append("own tensors: unknown (no artifact index)")
     elif differs["tensors"]:
-        parts.append(f"{len(differs['tensors'])} own tensor(s): " + _few(differs["tensors"]))
+        short = [t.removeprefix("model.").removesuffix(".weight") for t in differs["tensors"]]
+        parts.append(f"{len(short)} own tensor(s): " + _few(short))
     if differs["files"]:
         parts.append("files: " + _few(differs["files"]))
     return "; ".join(parts) or "identical"
