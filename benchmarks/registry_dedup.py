@@ -22,10 +22,13 @@ tensor sizes for 4 TinyLlama-shaped experts and 10 variants.
 from __future__ import annotations
 
 import argparse
+import logging
+import resource
 import shutil
 import socket
 import stat
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -166,8 +169,19 @@ def paper_figure(experts=4, variants=10, hidden=2048, intermediate=5632, layers=
             "dedup_3_bytes": (expert + 3 * own) * dtype_bytes, "variants": variants}
 
 
-def _spread(xs: list[float]) -> str:
-    return f"{statistics.median(xs):.2f} s ({min(xs):.2f}-{max(xs):.2f})"
+def _spread(xs: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(xs):.{digits}f} s ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
+
+
+def register_peak_rss(model: Path, work: Path) -> float:
+    """Peak RSS (MiB) of `mofe registry register` in its own process (local store)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-m", "model_registry.cli", "--registry", str(work / "rss"),
+                    "register", str(model), "--name", "rss"], check=True, capture_output=True,
+                   cwd=ROOT)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    shutil.rmtree(work / "rss", ignore_errors=True)
+    return max(peak, before) / 1024
 
 
 def main() -> None:
@@ -183,6 +197,7 @@ def main() -> None:
     ap.add_argument("--metadata", default="sqlite",
                     help="sqlite (default), or a PostgreSQL URL once that store exists")
     opts = ap.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request log
     work = Path(tempfile.mkdtemp(prefix="mofe-dedup-bench-"))
     s3 = MotoS3()
     try:
@@ -199,6 +214,7 @@ def main() -> None:
                 results[kind].append(res)
                 print(f"round {r} {kind:5s} register {[round(x, 2) for x in res['register_s']]}"
                       f" resolve {[round(x, 3) for x in res['resolve_s']]}", flush=True)
+        rss = register_peak_rss(models[0], work)
     finally:
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -216,7 +232,9 @@ def main() -> None:
                  "s3": f"{opts.metadata} + S3 (moto)"}[kind]
         print(f"| {label} | {after3 / 2**20:.1f} MiB | **{after3 / one:.3f}×** | "
               f"{after4 / 2**20:.1f} MiB | {sum(sizes) / 2**20:.1f} MiB | {_spread(reg)} | "
-              f"{_spread(res)} |")
+              f"{_spread(res, 3)} |")
+    print(f"\nPeak RSS of `mofe registry register` (one variant, own process): {rss:.0f} MiB "
+          f"for a {one / 2**20:.0f} MiB checkpoint")
     s3run = results["s3"][0]
     print(f"\nS3 second node: {s3run['downloaded']} objects downloaded for 4 versions, cache "
           f"{s3run['node_cache_bytes'] / 2**20:.1f} MiB on disk (each shared blob once)")

@@ -18,6 +18,7 @@ from safetensors.numpy import save_file
 from model_registry.cas import OWN_WEIGHTS, STORE_INDEX, read_index
 from model_registry.checkpoint import expert_hashes, per_expert_name, router_name
 from model_registry.errors import InvalidCheckpointError, RegistryError
+from model_registry.registry import Registry
 from model_registry.verify import verify
 from training.test_models import write_mixtral
 
@@ -207,3 +208,15 @@ def test_registration_holds_one_tensor_at_a_time(registry, tmp_path):
         tracemalloc.stop()
     assert peak < 4 * one_tensor, f"peak {peak / 2**20:.1f} MiB"
     assert verify(registry, "big").ok
+
+
+def test_delete_during_a_registration_leaves_blobs_to_the_next_writer(registry, kit):
+    """A registration in flight may be linking a blob the deleted version used: no sweep
+    then (the staging lock says so); the next writer's open collects."""
+    registry.register(kit.per_expert, "moe")
+    with registry.artifacts.staging():  # as a registration in flight holds it
+        registry.delete("moe@1")
+        assert registry.freed == [] and len(list(registry.artifacts.blobs.keys())) == 24
+    with Registry(registry.root) as writer:
+        assert len([r for r in writer.recovered if r.startswith("blobs/")]) == 24
+        assert list(writer.artifacts.blobs.keys()) == []
