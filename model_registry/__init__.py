@@ -10,15 +10,14 @@ Registry (registry.py) is written against two small interfaces (stores.py):
                  requirement: `publish` allocates the next version number and writes every row
                  in ONE transaction. Here: SQLiteMetadataStore (sqlite_store.py; WAL,
                  busy_timeout, BEGIN IMMEDIATE), schema versioned and migrated in schema.py.
-  ArtifactStore  checkpoint directories: stage locally, publish under a key inside the
-                 metadata transaction, hand back a local directory. Here:
-                 FilesystemArtifactStore (fs_store.py; <root>/artifacts/<name>/v<N>).
-For more than one machine, both plug in at `Registry(metadata=..., artifacts=...)`:
-a PostgreSQL MetadataStore (same tables; SELECT ... FOR UPDATE on the models row or a
-sequence per name for versions, one transaction per publish) and an S3-compatible
-ArtifactStore (staging = local temp dir; publish = upload to a versioned key prefix, then
-write the rows; local_path = download into a content-addressed cache, verified against the
-recorded SHA-256s; recover = delete prefixes no row refers to).
+  ArtifactStore  content-addressed version directories (cas.py): a version's own tensors and
+                 files, plus hard links to expert blobs stored once for every version that
+                 shares them. Stage locally, upload, publish under a key inside the metadata
+                 transaction, hand back a local directory. FilesystemArtifactStore (fs_store.py;
+                 <root>/artifacts/<name>/v<N>, <root>/blobs) and FsspecArtifactStore
+                 (remote_store.py; any fsspec URL, e.g. s3://, read through a verified
+                 per-node cache keyed by content).
+Families (family.py): versions whose expert tensors are identical.
 """
 
 from .manifest import MANIFEST_FILE, Manifest
