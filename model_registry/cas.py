@@ -195,11 +195,10 @@ def copy_file(src: Path, dst: Path) -> None:
 
 
 # ---- building a version directory --------------------------------------------------------
-def build_version(src: Path, dst: Path, blobs: BlobDir, tmp_dir: Path,
-                  on_blob: Callable[[str, bool], None] | None = None) -> StoreIndex:
+def build_version(src: Path, dst: Path, blobs: BlobDir, tmp_dir: Path) -> StoreIndex:
     """Write checkpoint `src` (either layout) to the new directory `dst` as a
     content-addressed version whose expert files are links to blobs in `blobs` (written
-    there when missing). `on_blob(key, new)` is told about each blob used."""
+    there when missing; `tmp_dir` is on the same filesystem)."""
     src, dst = Path(src), Path(dst)
     dst.mkdir()
     dst.chmod(DIR_MODE)
@@ -212,15 +211,12 @@ def build_version(src: Path, dst: Path, blobs: BlobDir, tmp_dir: Path,
     for p in pieces:
         if p.expert is None:
             continue
-        fname = expert_file_name(p)
-        key = blob_key(p.sha256(), fname)  # reads this one tensor
-        new = not blobs.has(key)
+        fname, sha = expert_file_name(p), p.sha256()  # reads this one tensor
+        key = blob_key(sha, fname)
         path = blobs.put(key, _writer(p), tmp_dir)
         link(path, dst / fname)
-        index.blobs[fname] = BlobRef(blob=key, sha256=key.split("/")[1], expert=p.expert[1],
-                                     key=p.key, size=path.stat().st_size)
-        if on_blob:
-            on_blob(key, new)
+        index.blobs[fname] = BlobRef(blob=key, sha256=sha, expert=p.expert[1], key=p.key,
+                                     size=path.stat().st_size)
     write_weights_index(dst)
     (dst / STORE_INDEX).write_text(index.model_dump_json(indent=1))
     (dst / STORE_INDEX).chmod(FILE_MODE)
