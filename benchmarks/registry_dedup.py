@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import resource
+import os
 import shutil
 import socket
 import stat
@@ -174,14 +174,17 @@ def _spread(xs: list[float], digits: int = 2) -> str:
 
 
 def register_peak_rss(model: Path, work: Path) -> float:
-    """Peak RSS (MiB) of `mofe registry register` in its own process (local store)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-m", "model_registry.cli", "--registry", str(work / "rss"),
-                    "register", str(model), "--name", "rss"], check=True, capture_output=True,
-                   cwd=ROOT)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Peak RSS (MiB) of `mofe registry register` in its own process (local store): that
+    child's own rusage (wait4), not the maximum over every child this process ever had."""
+    proc = subprocess.Popen([sys.executable, "-m", "model_registry.cli", "--registry",
+                             str(work / "rss"), "register", str(model), "--name", "rss"],
+                            stdout=subprocess.DEVNULL, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"mofe registry register exited {proc.returncode}")
     shutil.rmtree(work / "rss", ignore_errors=True)
-    return max(peak, before) / 1024
+    return usage.ru_maxrss / 1024
 
 
 def main() -> None:
