@@ -16,7 +16,7 @@ import platformdirs
 
 from . import refs
 from ._hooks import pause_point
-from .cas import check_staged_hashes
+from .cas import check_staged_hashes, make_dirs
 from .describe import describe, load_manifest
 from .errors import NotFoundError
 from .frozen import manifest_consistency
@@ -63,7 +63,7 @@ class Registry:
             raise NotFoundError(f"no model registry at {self.root} (no {DB_FILE}; set "
                                 f"{REGISTRY_ENV} or --registry, or register a model first)")
         if not read_only:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.root)  # 0755: other accounts (a server's) read what it holds
         if isinstance(artifacts, str):
             from .remote_store import FsspecArtifactStore  # fsspec only when asked for
 

@@ -93,18 +93,19 @@ def test_delete_frees_a_blob_only_when_no_version_uses_it(registry, kit, tmp_pat
     assert list((registry.root / "blobs").iterdir()) == []  # no empty folders left either
 
 
-def test_files_are_readable_by_all_whatever_the_source_modes(registry, kit, copy_of):
+def test_files_are_readable_by_all_whatever_the_source_modes(kit, copy_of, tmp_path):
     ckpt = copy_of(kit.per_expert)
     for p in ckpt.iterdir():
         p.chmod(0o600)
     ckpt.chmod(0o700)
     old = os.umask(0o077)
     try:
-        registry.register(ckpt, "moe")
+        with Registry(tmp_path / "new-root") as registry:
+            registry.register(ckpt, "moe")
+            path = registry.resolve("moe")
     finally:
         os.umask(old)
-    path = registry.resolve("moe")
-    for p in [path, path.parent, *path.iterdir()]:
+    for p in [registry.root, registry.root / "artifacts", path, path.parent, *path.iterdir()]:
         mode = stat.S_IMODE(p.stat().st_mode)
         if p.is_dir():
             assert mode == 0o755, p
