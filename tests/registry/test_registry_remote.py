@@ -159,3 +159,24 @@ def test_cache_dir_from_environment(kit, tmp_path, monkeypatch):
     with Registry(tmp_path / "meta", artifacts=(tmp_path / "shared").as_uri()) as reg:
         reg.register(kit.bare, "moe")
         assert reg.artifacts.cache.is_relative_to(tmp_path / "env-cache")
+
+
+def test_a_damaged_object_is_refused_on_download(kit, tmp_path):
+    """Every downloaded file is checked against the SHA-256 its row recorded."""
+    from model_registry.errors import RegistryError
+
+    shared = tmp_path / "shared"
+    with Registry(tmp_path / "meta", artifacts=shared.as_uri(),
+                  cache_dir=tmp_path / "cache") as reg:
+        reg.register(kit.per_expert, "moe")
+    blob = sorted((shared / "blobs").rglob("*.safetensors"))[0]
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    with Registry(tmp_path / "meta", artifacts=shared.as_uri(), cache_dir=tmp_path / "other",
+                  read_only=True) as reader:
+        with pytest.raises(RegistryError, match="downloaded sha256 .* differs from the recorded"):
+            reader.resolve("moe")
+        assert not (reader.artifacts.cache / "versions" / "moe" / "v1").exists()
+        assert not reader.artifacts.blobs.has(blob.relative_to(shared / "blobs").as_posix())
