@@ -103,7 +103,7 @@ from click.testing import CliRunner
 from model_registry.cli import registry_cli
 root, ckpt = sys.argv[1], sys.argv[2]
 for args in (["register", ckpt, "--name", "moe"], ["list"], ["show", "moe"], ["verify", "moe"],
-             ["lineage", "moe"], ["resolve", "moe"]):
+             ["lineage", "moe"], ["resolve", "moe"], ["family", "moe"]):
     res = CliRunner().invoke(registry_cli, ["--registry", root, *args])
     assert res.exit_code == 0, (args, res.output)
 print("HEAVY=" + ",".join(sorted(m for m in ("torch", "vllm", "transformers", "mergekit")
