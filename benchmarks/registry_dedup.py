@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import shutil
 import socket
 import stat
@@ -173,18 +172,25 @@ def _spread(xs: list[float], digits: int = 2) -> str:
     return f"{statistics.median(xs):.{digits}f} s ({min(xs):.{digits}f}-{max(xs):.{digits}f})"
 
 
+_PEAK = """
+import re, sys
+from model_registry.cli import registry_cli
+try:
+    registry_cli(sys.argv[1:], standalone_mode=False)
+finally:
+    print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1])
+"""
+
+
 def register_peak_rss(model: Path, work: Path) -> float:
-    """Peak RSS (MiB) of `mofe registry register` in its own process (local store): that
-    child's own rusage (wait4), not the maximum over every child this process ever had."""
-    proc = subprocess.Popen([sys.executable, "-m", "model_registry.cli", "--registry",
-                             str(work / "rss"), "register", str(model), "--name", "rss"],
-                            stdout=subprocess.DEVNULL, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise SystemExit(f"mofe registry register exited {proc.returncode}")
+    """Peak RSS (MiB) of `mofe registry register` in its own process (local store). Read as
+    the child's own VmHWM: Linux carries the parent's high-water mark into a forked child's
+    ru_maxrss across exec, which would report this (large) benchmark process instead."""
+    out = subprocess.run([sys.executable, "-c", _PEAK, "--registry", str(work / "rss"),
+                          "register", str(model), "--name", "rss"], check=True,
+                         capture_output=True, text=True, cwd=ROOT).stdout
     shutil.rmtree(work / "rss", ignore_errors=True)
-    return usage.ru_maxrss / 1024
+    return int(out.split()[-1]) / 1024
 
 
 def main() -> None:
