@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .cas import (
     BLOB_MODE,
@@ -170,7 +170,7 @@ class FsspecArtifactStore:
             out.mkdir(mode=0o755)
             out.chmod(0o755)
             for f in files:
-                target = out / f.path
+                target = out / _safe_relative(f.path, key)
                 make_dirs(target.parent)
                 ref = index.blobs.get(f.path)
                 src = self._blob(ref.blob, f) if ref else self._content(f, remote)
@@ -363,6 +363,14 @@ def _own_files(staged: Path, index: StoreIndex) -> list[str]:
             if rel not in index.blobs:
                 out.append(rel)
     return out
+
+
+def _safe_relative(path: str, key: str) -> str:
+    """A recorded file path must stay inside the version directory."""
+    parts = PurePosixPath(path).parts
+    if not parts or PurePosixPath(path).is_absolute() or ".." in parts or "\\" in path:
+        raise UnsafePathError(f"{key}: recorded file path {path!r} leaves the version directory")
+    return path
 
 
 def _check_key(key: str) -> str:

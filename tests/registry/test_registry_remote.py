@@ -180,3 +180,20 @@ def test_a_damaged_object_is_refused_on_download(kit, tmp_path):
             reader.resolve("moe")
         assert not (reader.artifacts.cache / "versions" / "moe" / "v1").exists()
         assert not reader.artifacts.blobs.has(blob.relative_to(shared / "blobs").as_posix())
+
+
+def test_a_tampered_file_path_cannot_leave_the_cache(kit, tmp_path):
+    import sqlite3
+
+    from model_registry.errors import UnsafePathError
+
+    shared = tmp_path / "shared"
+    with Registry(tmp_path / "meta", artifacts=shared.as_uri(),
+                  cache_dir=tmp_path / "cache") as reg:
+        reg.register(kit.per_expert, "moe")
+    with sqlite3.connect(tmp_path / "meta" / "registry.db") as db:
+        db.execute("UPDATE files SET path = '../../escaped.json' WHERE path = 'config.json'")
+    with Registry(tmp_path / "meta", artifacts=shared.as_uri(), cache_dir=tmp_path / "other",
+                  read_only=True) as reader, pytest.raises(UnsafePathError, match="leaves"):
+        reader.resolve("moe")
+    assert not list(tmp_path.rglob("escaped.json"))
