@@ -34,6 +34,7 @@ from .cas import (
 )
 from .errors import NotFoundError, RegistryError, UnsafePathError
 from .refs import NAME_PATTERN
+from .stores import FileEntry
 
 _KEY = re.compile(rf"^({NAME_PATTERN})/v(\d+)$")
 
@@ -45,8 +46,9 @@ class FilesystemArtifactStore:
         self.tmp = self.root / "tmp"
         self.lock_file = self.root / ".staging.lock"
         self.blobs = BlobDir(self.root / "blobs")
-        for d in (self.artifacts, self.tmp, self.blobs.root) if create else ():  # lookups
-            make_dirs(d)  # create nothing
+        # Lookups create nothing.
+        for d in (self.artifacts, self.tmp, self.blobs.root) if create else ():
+            make_dirs(d)
 
     @contextmanager
     def _lock(self, mode: int) -> Iterator[bool]:
@@ -95,7 +97,8 @@ class FilesystemArtifactStore:
             raise UnsafePathError(f"artifact key {key!r} is not of the form <name>/v<version>")
         return self.artifacts / key
 
-    def local_path(self, key: str, files=None) -> Path:
+    def local_path(self, key: str, files: list[FileEntry] | None = None) -> Path:
+        """The version directory itself (`files` is for remote stores)."""
         path = self._path(key)
         if path.is_symlink() or path.parent.is_symlink():
             raise UnsafePathError(f"{path} is a symbolic link; registry artifacts must be real "

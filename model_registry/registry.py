@@ -194,6 +194,7 @@ class Registry:
         (a crash in between leaves leftovers the next writer's open removes)."""
         info = self.get(ref)
         gone = self.meta.delete(info.name, info.version, force)
+        self.freed = []
         if gone.storage == "copy":
             self.artifacts.remove(gone.artifact)
             self.freed = self.artifacts.collect_garbage(self.meta.artifact_keys)
