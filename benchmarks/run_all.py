@@ -22,6 +22,7 @@ BENCHMARKS = {
     "batch_qa": ["batch_qa.py"],
     "train_methods": ["train_methods.py"],
     "startup": ["startup.py"],
+    "registry_dedup": ["registry_dedup.py", "--rounds", "2"],
 }
 
 

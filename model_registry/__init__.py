@@ -12,10 +12,15 @@ Registry (registry.py) is written against two small interfaces (stores.py):
                  BEGIN IMMEDIATE) for one machine, PostgresMetadataStore (pg_store.py; psycopg
                  3, an advisory write lock) for a team; both run the same queries
                  (SQLMetadataStore) on the same schema (schema.py, versioned and migrated).
-  ArtifactStore  checkpoint directories: stage locally, publish under a key inside the
-                 metadata transaction, hand back a local directory. Here:
-                 FilesystemArtifactStore (fs_store.py; <root>/artifacts/<name>/v<N>).
+  ArtifactStore  content-addressed version directories (cas.py): a version's own tensors and
+                 files, plus hard links to expert blobs stored once for every version that
+                 shares them. Stage locally, upload, publish under a key inside the metadata
+                 transaction, hand back a local directory. FilesystemArtifactStore (fs_store.py;
+                 <root>/artifacts/<name>/v<N>, <root>/blobs) and FsspecArtifactStore
+                 (remote_store.py; any fsspec URL, e.g. s3://, read through a verified
+                 per-node cache keyed by content).
 Where a registry lives (a folder, or postgresql://...?artifacts=...) is parsed in config.py.
+Families (family.py): versions whose expert tensors are identical.
 """
 
 from .manifest import MANIFEST_FILE, Manifest

@@ -431,8 +431,6 @@ def convert_checkpoint(src: Path, dst: Path, layout: str = "per_expert",
     To per-expert is zero-copy byte slicing; to fused concatenates each layer's expert
     blocks in memory. Written with the safetensors library's own serializer into a
     temporary sibling that is renamed into place at the end."""
-    from safetensors import TensorSpec, serialize_file
-
     src, dst = Path(src), Path(dst)
     if layout not in ("fused", "per_expert"):
         raise ValueError(f"layout must be 'fused' or 'per_expert', not {layout!r}")
@@ -454,14 +452,21 @@ def convert_checkpoint(src: Path, dst: Path, layout: str = "per_expert",
                       for name, dtype, shape, s, e in _canonical_pieces(t)]
             if layout == "fused":
                 pieces = _fused_pieces(pieces)
-            tensors = {name: TensorSpec(dtype=DTYPE_NAMES[dtype], shape=list(shape),
-                                        data_ptr=data.ctypes.data, data_len=data.nbytes)
-                       for name, dtype, shape, data in pieces}
-            serialize_file(tensors, str(tmp / f.name), metadata={"format": "pt"})
-            (tmp / f.name).chmod(0o644)
-            del tensors, pieces, mm
-        _write_index(tmp)
+            _serialize(pieces, tmp / f.name)
+            del pieces, mm
+        write_weights_index(tmp)
     return dst
+
+
+def _serialize(pieces: list[tuple], path: Path) -> None:
+    """(name, dtype code, shape, uint8 array) -> one safetensors file, mode 0644."""
+    from safetensors import TensorSpec, serialize_file
+
+    tensors = {name: TensorSpec(dtype=DTYPE_NAMES[dtype], shape=list(shape),
+                                data_ptr=data.ctypes.data, data_len=data.nbytes)
+               for name, dtype, shape, data in pieces}
+    serialize_file(tensors, str(path), metadata={"format": "pt"})
+    Path(path).chmod(0o644)
 
 
 def _fused_pieces(pieces: list[tuple]) -> list[tuple]:
@@ -490,7 +495,8 @@ def _fused_pieces(pieces: list[tuple]) -> list[tuple]:
     return out
 
 
-def _write_index(ckpt: Path) -> None:
+def write_weights_index(ckpt: Path) -> None:
+    """`model.safetensors.index.json` for a sharded checkpoint (none for one file)."""
     files = weight_files(ckpt)
     if len(files) == 1:
         return
@@ -500,7 +506,78 @@ def _write_index(ckpt: Path) -> None:
             weight_map[name] = f.name
             total += info.end - info.start
     (ckpt / WEIGHTS_INDEX).write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        json.dumps({"metadata": {"total_size": total},
+                    "weight_map": dict(sorted(weight_map.items(), key=lambda kv:
+                                              _natural_key(kv[0])))}, indent=2))
+    (ckpt / WEIGHTS_INDEX).chmod(0o644)
+
+
+# ---- the content-addressed store layout (model_registry/cas.py places the files) -----------
+@dataclass(frozen=True)
+class StorePiece:
+    """One tensor of a checkpoint as the registry stores it: per-expert layout names (dense
+    FFNs keep theirs), a byte range of a source file. `expert` is (layer, expert, proj) for
+    an expert FFN tensor, which is stored once as a shared blob; None for the version's own
+    tensors (embeddings, attention, norms, router, lm_head)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    start: int
+    end: int
+    expert: tuple[int, int, str] | None
+
+    @property
+    def key(self) -> str:  # the canonical "<layer>.<proj>" key of an expert tensor
+        return f"{self.expert[0]}.{self.expert[2]}" if self.expert else self.name
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    def read(self) -> bytes:
+        with open(self.file, "rb") as fh:
+            fh.seek(self.start)
+            return fh.read(self.end - self.start)
+
+    def sha256(self) -> str:
+        """The canonical hash (an expert's is the one `expert_hashes` records)."""
+        return tensor_sha256(self.dtype, self.shape, self.read())
+
+
+def store_pieces(ckpt: Path) -> list[StorePiece]:
+    """Every tensor of a checkpoint (either layout) as per-expert-layout pieces, in natural
+    name order. Nothing is read but the headers."""
+    tensors = read_all_headers(ckpt)
+    detect_layout(tensors)
+    out = []
+    for name in sorted(tensors, key=_natural_key):
+        for new, dtype, shape, s, e in _canonical_pieces(tensors[name]):
+            p = parse_name(new)
+            expert = (p.layer, p.expert, p.proj) if p is not None and p.kind in (
+                "per_expert", "dense") else None
+            out.append(StorePiece(new, dtype, tuple(shape), tensors[name].file, s, e, expert))
+    return out
+
+
+def write_pieces(pieces: list[StorePiece], path: Path) -> None:
+    """Write pieces into one safetensors file, streaming from read-only maps of their source
+    files (no tensor is copied into memory)."""
+    maps: dict[Path, np.memmap] = {}
+    arrays = []
+    for p in pieces:
+        if p.file not in maps:
+            maps[p.file] = np.memmap(p.file, dtype=np.uint8, mode="r")
+        arrays.append((p.name, p.dtype, p.shape, maps[p.file][p.start:p.end]))
+    _serialize(arrays, path)
+    del arrays, maps
+
+
+def expert_file_name(piece: StorePiece) -> str:
+    """File name of an expert tensor's shard inside a stored version (top level: vLLM
+    globs only the checkpoint's top-level *.safetensors)."""
+    return f"{piece.name.removesuffix('.weight')}.safetensors"
 
 
 def _natural_key(name: str) -> list:

@@ -208,6 +208,22 @@ def lineage(ctx, ref: str, as_json: bool) -> None:
     _console().print(lineage_tree(node))
 
 
+@registry_cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+@_errors
+def family(ctx, ref: str, as_json: bool) -> None:
+    """Versions whose expert tensors are REF's (its family), and what differs between them."""
+    reg = _registry(ctx)
+    members = reg.family(ref)
+    if as_json:
+        return _print_json([m.model_dump(exclude={"files", "config", "manifest"})
+                            | {"ref": m.ref} for m in members])
+    from .render import family_table
+    _console().print(family_table(reg.get(ref).ref, members))
+
+
 @registry_cli.group("eval")
 def eval_group() -> None:
     """Evaluation results attached to versions."""

@@ -9,8 +9,8 @@ Two forms (docs/registry.md, "Team registry"):
                               PGPASSFILE, PGSSLMODE, ...) or the URL; messages never show
                               a password. WHERE: an absolute folder or file:// URL (a
                               folder every user of the registry sees), or an object-store
-                              URL (s3://bucket/prefix) once that ArtifactStore is wired in
-                              (see `artifact_store`); its local verified cache is
+                              URL (s3://bucket/prefix, any fsspec URL; see `artifact_store`);
+                              its local verified cache is
                               $MOFE_REGISTRY_CACHE (deploy/: an emptyDir per pod), else a
                               folder under the user cache directory. Without `artifacts`: a
                               local folder per database under the user data directory.
@@ -56,6 +56,12 @@ class RegistryLocation:
 
 def default_root() -> Path:
     return platformdirs.user_data_path("mofe-registry")
+
+
+def default_cache() -> Path:
+    """Where a node keeps what it downloaded from an object-store registry."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else platformdirs.user_cache_path("mofe-registry")
 
 
 def parse_location(value: str | os.PathLike | RegistryLocation | None = None
@@ -140,21 +146,21 @@ def _artifact_folder(where: str, shown: str) -> Path:
 
 
 def artifact_store(location: RegistryLocation, read_only: bool) -> ArtifactStore:
-    """The ArtifactStore of a location: the seam where object stores plug in.
+    """The ArtifactStore of a location.
 
     A folder (the SQLite registry's, `artifacts=/folder` or `file:///folder`) gets
-    FilesystemArtifactStore. Any other URL (s3://bucket/prefix, gs://, ...) is for the fsspec
-    ArtifactStore, which is built separately: wire it here, with `location.root` as its
-    local verified cache."""
+    FilesystemArtifactStore. Any other URL (s3://bucket/prefix, gs://, ...) gets the fsspec
+    FsspecArtifactStore, with `location.root` as the node's local verified cache. S3
+    credentials and endpoint come from the environment as boto reads them
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL)."""
     from .fs_store import FilesystemArtifactStore
 
     where = location.artifacts
     if where is None or not _URL.match(where) or where.lower().startswith("file://"):
         return FilesystemArtifactStore(location.root, create=not read_only)
-    scheme = where.split("://", 1)[0]
-    raise LocationError(f"registry URL {location.shown!r}: artifacts on {scheme}:// need the "
-                        "object-store ArtifactStore, which this build does not include; use "
-                        "an absolute folder for now")
+    from .remote_store import FsspecArtifactStore  # fsspec/s3fs only when asked for
+
+    return FsspecArtifactStore(where, location.root)
 
 
 def metadata_store(location: RegistryLocation, read_only: bool) -> MetadataStore:

@@ -2,21 +2,24 @@
 
 A version is written in one metadata transaction after its files are staged and hashed, so
 a process killed at any point leaves either a complete version or none (see fs_store.py).
+Copies are content-addressed (cas.py): a version stores its own tensors, and each frozen
+expert tensor is one blob shared by every version that has it.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Literal
 
 from . import refs
 from ._hooks import pause_point
+from .cas import check_staged_hashes, make_dirs
 from .config import (
     DB_FILE,
     REGISTRY_ENV,
     RegistryLocation,
     artifact_store,
+    default_cache,
     metadata_store,
     parse_location,
 )
@@ -31,14 +34,23 @@ from .stores import ArtifactStore, EvalEntry, MetadataStore, VersionInfo
 
 class Registry:
     """root: a folder (embedded SQLite + artifact folder) or a registry URL
-    (postgresql://...; see config.py); None: $MOFE_REGISTRY, else the default folder.
+    (postgresql://...?artifacts=...; see config.py); None: $MOFE_REGISTRY, else the default
+    folder.
 
     read_only=True is for lookups (get, resolve, list, show, verify): it creates no
     directory, runs no recovery sweep and no migration, and opens the database read-only; a
-    registry that does not exist is a NotFoundError naming it."""
+    registry that does not exist is a NotFoundError naming it.
+
+    artifacts: an ArtifactStore, or the URL of an fsspec location (``s3://bucket/prefix``,
+    ``file:///shared/registry``, any fsspec URL) holding blobs and versions; readers then
+    download into `cache_dir` (default: $MOFE_REGISTRY_CACHE, else the user cache dir) and
+    `storage_options` go to fsspec (e.g. ``{"endpoint_url": ...}`` for an S3-compatible
+    server). Default: what the location names (config.artifact_store)."""
 
     def __init__(self, root: Path | str | RegistryLocation | None = None, *,
-                 metadata: MetadataStore | None = None, artifacts: ArtifactStore | None = None,
+                 metadata: MetadataStore | None = None,
+                 artifacts: ArtifactStore | str | None = None,
+                 cache_dir: Path | str | None = None, storage_options: dict | None = None,
                  read_only: bool = False):
         self.location = parse_location(root)
         self.root = self.location.root
@@ -47,12 +59,18 @@ class Registry:
                 and not (self.root / DB_FILE).is_file()):
             raise NotFoundError(f"no model registry at {self.root} (no {DB_FILE}; set "
                                 f"{REGISTRY_ENV} or --registry, or register a model first)")
-        self.artifacts = artifacts or artifact_store(self.location, read_only)
         if not read_only:
-            self.root.mkdir(parents=True, exist_ok=True)
+            make_dirs(self.root)  # 0755: other accounts (a server's) read what it holds
+        if isinstance(artifacts, str):
+            from .remote_store import FsspecArtifactStore  # fsspec only when asked for
+
+            artifacts = FsspecArtifactStore(artifacts, cache_dir or default_cache(),
+                                            storage_options=storage_options)
+        self.artifacts = artifacts or artifact_store(self.location, read_only)
         self.meta = metadata or metadata_store(self.location, read_only)
         # Leftovers of killed registrations are removed on a writer's open (none in flight).
         self.recovered = [] if read_only else self.artifacts.recover(self.meta.artifact_keys)
+        self.freed: list[str] = []  # blobs the last delete removed
 
     def close(self) -> None:
         close = getattr(self.meta, "close", None)
@@ -82,10 +100,13 @@ class Registry:
             pause_point("hashed")
             return self.meta.publish(new, aliases, lambda version: str(src))
         with self.artifacts.staging() as staged:
-            # Stored as given: `mofe serve` reads both layouts (docs/format.md).
-            shutil.copytree(src, staged, symlinks=False)
+            # Content-addressed, per-expert layout: expert tensors are links to shared blobs.
+            index = self.artifacts.stage(src, staged)
             pause_point("staged")
-            new = describe(staged, src, name, mode, summary.layout, False, self.resolve)
+            new = describe(staged, src, name, mode, summary.layout, summary.layout == "fused",
+                           self.resolve)
+            check_staged_hashes(index, new.expert_hashes)
+            self.artifacts.upload(staged, index)
             pause_point("hashed")
             placed: list[tuple[int, str]] = []
 
@@ -127,7 +148,7 @@ class Registry:
 
     def path_of(self, info: VersionInfo) -> Path:
         if info.storage == "copy":
-            return self.artifacts.local_path(info.artifact)
+            return self.artifacts.local_path(info.artifact, info.files)
         path = Path(info.artifact)
         if not path.is_dir():
             raise NotFoundError(f"{info.ref} links to {path}, which no longer exists")
@@ -166,11 +187,23 @@ class Registry:
         return before
 
     def delete(self, ref: str, force: bool = False) -> VersionInfo:
+        """Rows first, then the version's files, then every blob no remaining version uses
+        (a crash in between leaves leftovers the next writer's open removes)."""
         info = self.get(ref)
         gone = self.meta.delete(info.name, info.version, force)
-        if gone.storage == "copy":  # rows first: a crash here leaves an orphan dir, cleaned later
+        self.freed = []
+        if gone.storage == "copy":
             self.artifacts.remove(gone.artifact)
+            self.freed = self.artifacts.collect_garbage(self.meta.artifact_keys)
         return gone
+
+    def family(self, ref: str) -> list:
+        """The versions whose expert tensors all have the same hashes as REF's (REF
+        included), ordered by (name, version). Each member is a VersionInfo with
+        `differs` (what sets it apart from REF) and `shared_tensors`; see family.py."""
+        from .family import family
+
+        return family(self, ref)
 
     def add_eval(self, ref: str, task: str, metric: str, value: float,
                  split: str | None = None, harness: str | None = None) -> VersionInfo:

@@ -113,3 +113,16 @@ def lineage_tree(node: dict[str, Any], tree: Tree | None = None) -> Tree:
                    f"sha256 digest {e['digest']} over {e['tensors']} tensors"
                    + (f"; {checks}" if checks else ""))
     return tree
+
+
+def family_table(ref: str, members: list) -> Table:
+    """Members of REF's family (model_registry/family.py) and what sets each apart."""
+    shared = members[0].shared_tensors if members else 0
+    t = Table(title=f"Family of {ref}: {len(members)} version(s) sharing {shared} expert "
+                    "tensor(s)")
+    for col in ("member", "aliases", "created", "frozen", "size", "differs from " + ref):
+        t.add_column(col)
+    for m in members:
+        t.add_row(f"[bold]{m.ref}[/]" if m.is_ref else m.ref, ", ".join(m.aliases) or "-",
+                  m.created_at, m.frozen_check, size(m.total_bytes), m.summary)
+    return t

@@ -114,19 +114,44 @@ class MetadataStore(Protocol):
 
 
 class ArtifactStore(Protocol):
+    """Version directories, content-addressed (cas.py): a version's own files plus links to
+    shared expert blobs. Local folder: fs_store.py; any fsspec URL: remote_store.py."""
+
     def staging(self) -> AbstractContextManager[Path]:
-        """A fresh local directory to write a checkpoint into; removed on exit if unused."""
+        """A fresh local path to build a version at; cleaned up on exit."""
+        ...
+
+    def stage(self, src: Path, staged: Path) -> Any:
+        """Build checkpoint `src` at `staged` (cas.build_version); return its StoreIndex."""
+        ...
+
+    def upload(self, staged: Path, index: Any) -> None:
+        """Make the staged version's blobs and files available to `publish` (outside the
+        metadata transaction: may be slow)."""
         ...
 
     def publish(self, staged: Path, name: str, version: int) -> str:
-        """Move a staged checkpoint into place (called inside the metadata transaction)."""
+        """Move a staged version into place (called inside the metadata transaction)."""
         ...
 
-    def local_path(self, key: str) -> Path:
-        """A local directory holding the artifact; raises UnsafePathError if it escapes."""
+    def local_path(self, key: str, files: list[FileEntry] | None = None) -> Path:
+        """A local directory holding the artifact (downloaded and checked against `files`
+        where the store is remote); raises UnsafePathError if it escapes."""
+        ...
+
+    def read_index(self, key: str) -> Any:
+        """The version's StoreIndex, or None for a version stored before blobs existed."""
+        ...
+
+    def blob_problems(self, key: str) -> list[str]:
+        """What is wrong with the blobs a version references (missing, not linked)."""
         ...
 
     def remove(self, key: str) -> None: ...
+
+    def collect_garbage(self, known_keys: Callable[[], set[str]]) -> list[str]:
+        """Remove blobs no version in known_keys() references; return what was removed."""
+        ...
 
     def recover(self, known_keys: Callable[[], set[str]]) -> list[str]:
         """Remove leftovers of killed registrations when none is in flight; return them."""

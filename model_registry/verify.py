@@ -52,6 +52,11 @@ def verify(registry: Registry, ref: str) -> VerifyReport:
         report.problems.append(str(exc))
         return report
     report.path = str(path)
+    if info.storage == "copy":  # the shared blobs this version's expert files are
+        try:
+            report.problems += registry.artifacts.blob_problems(info.artifact)
+        except RegistryError as exc:
+            report.problems.append(str(exc))
     recorded = {f.path: f for f in info.files}
     on_disk = _walk(path, report, follow_links=info.storage == "link")
     for rel in sorted(set(on_disk) - set(recorded)):

@@ -30,14 +30,15 @@ def test_register_list_show_versions(run, kit):
     [model] = json.loads(run("list", "--json").stdout)
     assert (model["name"], model["latest"], model["aliases"]) == ("moe", 2, {"prod": 1})
     versions = json.loads(run("versions", "moe", "--json").stdout)
+    # a copy is content-addressed (per-expert shards, experts shared); a link is as given
     assert [(v["ref"], v["storage"], v["vllm_loadable"]) for v in versions] == [
-        ("moe@1", "copy", False), ("moe@2", "link", False)]  # stored as given: fused
+        ("moe@1", "copy", True), ("moe@2", "link", False)]
     shown = json.loads(run("show", "moe@prod", "--json").stdout)
-    assert shown["ref"] == "moe@1" and not shown["converted"]
-    assert shown["frozen_check"] == "passed" and shown["layout"] == "fused"
+    assert shown["ref"] == "moe@1" and shown["converted"]
+    assert shown["frozen_check"] == "passed" and shown["layout"] == "per_expert"
     assert shown["path"].endswith("artifacts/moe/v1")
     table = run("show", "moe@1").stdout
-    assert "converted" not in table and "Frozen experts" in table
+    assert "from fused, converted" in table and "Frozen experts" in table
     assert "moe" in run("list").stdout and "Versions of moe" in run("versions", "moe").stdout
 
 
@@ -63,11 +64,12 @@ def test_alias_resolve_eval_delete(run, kit):
 
 def test_verify_exit_status(run, kit):
     run("register", str(kit.fused), "--name", "moe")
-    assert "moe@1: OK; 4 files, 24 expert tensors checked" in run("verify", "moe").stdout
+    # 3 files + own weights + 2 indices + 24 expert shards (2 layers x 4 experts x w1/w2/w3)
+    assert "moe@1: OK; 30 files, 24 expert tensors checked" in run("verify", "moe").stdout
     path = run("resolve", "moe").stdout.strip()
-    flip_byte(Path(path) / "model.safetensors", 1000)
+    flip_byte(Path(path) / "model-own.safetensors", 1000)
     res = run("verify", "moe", code=1)
-    assert "MISMATCH model.safetensors: sha256" in res.stderr and "FAILED" in res.stdout
+    assert "MISMATCH model-own.safetensors: sha256" in res.stderr and "FAILED" in res.stdout
     assert json.loads(run("verify", "moe", "--json", code=1).stdout)["ok"] is False
 
 
@@ -97,7 +99,7 @@ from click.testing import CliRunner
 from model_registry.cli import registry_cli
 root, ckpt = sys.argv[1], sys.argv[2]
 for args in (["register", ckpt, "--name", "moe"], ["list"], ["show", "moe"], ["verify", "moe"],
-             ["lineage", "moe"], ["resolve", "moe"]):
+             ["lineage", "moe"], ["resolve", "moe"], ["family", "moe"]):
     res = CliRunner().invoke(registry_cli, ["--registry", root, *args])
     assert res.exit_code == 0, (args, res.output)
 print("HEAVY=" + ",".join(sorted(m for m in ("torch", "vllm", "transformers", "mergekit")

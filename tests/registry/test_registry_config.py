@@ -55,8 +55,6 @@ def test_postgres_url_forms(monkeypatch, tmp_path):
     ("postgresql://h/db?artifacts=file://host/x", "file:// URL must be file:///ABSOLUTE"),
     ("postgresql://h/db?colour=blue", 'invalid URI query parameter: "colour"'),
     ("postgresql://h", "no database name"),
-    ("postgresql://h/db?artifacts=s3://bucket/prefix",
-     "artifacts on s3:// need the object-store ArtifactStore"),
 ])
 def test_bad_locations_name_the_bad_part(url, message, monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

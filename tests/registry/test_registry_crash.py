@@ -60,8 +60,10 @@ def test_killed_registration_leaves_no_half_entry(kit, backend, stage, mode):
         assert reg.list_models() == []
         assert reg.meta.alias_target("moe", "prod") is None
         assert os.listdir(root / "tmp") == [] and list(reg.artifacts.keys()) == []
+        assert list(reg.artifacts.blobs.keys()) == []  # the blobs it added are swept too
         if mode == "--copy":
             assert any(r.startswith("tmp/stage-") for r in reg.recovered)
+            assert any(r.startswith("blobs/") for r in reg.recovered)
         assert ("artifacts/moe/v1" in reg.recovered) == (stage in ("placed", "inserted")
                                                          and mode == "--copy")
         info = reg.register(kit.fused, "moe")
@@ -103,3 +105,5 @@ def test_concurrent_registrations_get_distinct_versions(kit, backend, tmp_path):
         assert [v.version for v in reg.versions("moe")] == [1, 2, 3, 4, 5]
         assert all(verify(reg, ref).ok for ref in outs)
         assert os.listdir(root / "tmp") == []
+        # five copies of the same experts, written concurrently: each tensor stored once
+        assert len(list(reg.artifacts.blobs.keys())) == 4 * 2 * 3

@@ -10,21 +10,23 @@ from model_registry.errors import ConflictError, NotFoundError
 from model_registry.registry import Registry
 
 
-def test_copy_of_fused_checkpoint_is_stored_as_given(registry, kit):
-    """No conversion after the merge: `mofe serve` reads the fused layout (docs/format.md)."""
+def test_copy_of_fused_checkpoint_is_stored_content_addressed(registry, kit):
+    """A copy is a sharded per-expert checkpoint: own tensors in one file, each expert
+    tensor a shard hard-linked to its blob (docs/registry.md); the same expert tensors."""
     info = registry.register(kit.fused, "moe")
     assert info.ref == "moe@1"
-    assert (info.source_layout, info.layout, info.converted) == ("fused", "fused", False)
-    assert not info.vllm_loadable  # stock vLLM: needs `mofe convert`; mofe serve: reads it
+    assert (info.source_layout, info.layout, info.converted) == ("fused", "per_expert", True)
+    assert info.vllm_loadable  # the per-expert layout: stock vLLM reads it too
     stored = registry.resolve("moe@1")
     assert stored.is_relative_to(registry.root)
-    assert detect_layout(read_all_headers(stored)) == "fused"
-    assert (stored / "model.safetensors").read_bytes() == \
-        (kit.fused / "model.safetensors").read_bytes()
+    assert detect_layout(read_all_headers(stored)) == "per_expert"
     assert expert_hashes(stored) == expert_hashes(kit.fused)
     assert registry.meta.expert_hashes("moe", 1) == expert_hashes(kit.fused)
-    assert {f.path for f in info.files} == {"config.json", "mofe.json", "model.safetensors",
-                                            "tokenizer.json"}
+    shards = {f.path for f in info.files if f.path.startswith("model.layers.")}
+    assert len(shards) == 4 * 2 * 3
+    assert {f.path for f in info.files} - shards == {
+        "config.json", "mofe.json", "tokenizer.json", "model-own.safetensors",
+        "model.safetensors.index.json", "mofe-store.json"}
 
 
 def test_link_records_directory_as_is(registry, kit):
@@ -131,9 +133,11 @@ def test_sharded_fused_checkpoint_with_subfolder(registry, kit, copy_of):
     (ckpt / "extra" / "README.md").write_text("kept")
     info = registry.register(ckpt, "moe")
     stored = registry.resolve("moe")
-    assert not info.converted and expert_hashes(stored) == expert_hashes(kit.fused)
+    assert info.converted and expert_hashes(stored) == expert_hashes(kit.fused)
     index = json.loads((stored / "model.safetensors.index.json").read_text())["weight_map"]
-    assert "model.layers.0.mlp.experts.down_proj" in index
+    assert index["model.layers.0.block_sparse_moe.experts.3.w2.weight"] == \
+        "model.layers.0.block_sparse_moe.experts.3.w2.safetensors"
+    assert index["model.embed_tokens.weight"] == "model-own.safetensors"
     assert (stored / "extra" / "README.md").read_text() == "kept"
     assert "extra/README.md" in {f.path for f in info.files}
 
@@ -165,5 +169,7 @@ def test_delete_interrupted_after_commit_is_finished_on_next_open(registry, kit)
     registry.meta.delete("moe", 1, force=False)  # rows gone, folder not yet removed
     assert (registry.root / "artifacts" / "moe" / "v1").is_dir()
     with Registry(registry.location) as reopened:
-        assert reopened.recovered == ["artifacts/moe/v1"]
+        assert reopened.recovered[0] == "artifacts/moe/v1"
+        # and the blobs only it used: 24 expert tensors
+        assert len(reopened.recovered) == 1 + 24 and list(reopened.artifacts.blobs.keys()) == []
     assert not (registry.root / "artifacts" / "moe" / "v1").exists()

@@ -60,7 +60,7 @@ def test_symlinked_artifact_dir_pointing_out_is_refused(registry, kit, tmp_path)
     report = verify(registry, "moe@1")
     assert not report.ok and "symbolic link" in report.problems[0]
     registry.delete("moe@1", force=True)
-    assert not art.is_symlink() and (outside / "model.safetensors").is_file()
+    assert not art.is_symlink() and (outside / "model-own.safetensors").is_file()
 
 
 def test_symlinked_model_dir_pointing_out_is_refused(registry, kit, tmp_path):

@@ -31,7 +31,7 @@ def test_registered_ref_serves_as_name_at_version(tiny_mofe, tmp_path, monkeypat
     served = resolve_served_model("tiny-mofe@prod")
     assert served.names == [f"tiny-mofe@{info.version}", "tiny-mofe@prod"]
     assert served.domains == DOMAINS
-    assert layout_of(served.path) == "fused"  # stored and served as given
+    assert layout_of(served.path) == "per_expert"  # stored content-addressed: expert shards
 
 
 def test_unknown_ref_is_a_clear_error(tmp_path, monkeypatch):
