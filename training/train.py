@@ -166,7 +166,8 @@ def run_training(cfg: RunConfig, resume: bool = False, console=None,
                  callbacks: list | None = None, restart: bool = False) -> Path:
     """Merge if needed, train, save atomically; returns the finished checkpoint directory."""
     from rich.console import Console
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, ProgressCallback, set_seed
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, set_seed
+    from transformers.trainer import DEFAULT_PROGRESS_CALLBACK
 
     from .callbacks import JsonlMetrics, TrainProgress, last_train_loss
     from .data import load_data
@@ -225,7 +226,7 @@ def run_training(cfg: RunConfig, resume: bool = False, console=None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
         callbacks=[JsonlMetrics(work / "metrics.jsonl"), *(callbacks or [])],
     )
-    trainer.remove_callback(ProgressCallback)  # prints raw log dicts; TrainProgress instead
+    trainer.remove_callback(DEFAULT_PROGRESS_CALLBACK)  # prints raw log dicts; ours instead
     trainer.add_callback(TrainProgress())
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     eval_loss = _final_eval_loss(trainer) if data.eval else None
