@@ -75,11 +75,11 @@ def prepare_work_dir(work: Path, resume: bool, restart: bool, console) -> Path |
     if restart:
         if work.exists():
             console.print(f"--restart: removing the earlier run's {work}")
-            shutil.rmtree(work)
+            shutil.rmtree(work, ignore_errors=True)
         return None
     for partial in [p for p in _checkpoints(root) if not _complete(p)]:
         console.print(f"removing incomplete checkpoint {partial} (interrupted while saving)")
-        shutil.rmtree(partial)
+        shutil.rmtree(partial, ignore_errors=True)
     shutil.rmtree(work / "final", ignore_errors=True)  # a final save that did not finish
     found = last_complete_checkpoint(root)
     if resume and found is None:
@@ -89,7 +89,7 @@ def prepare_work_dir(work: Path, resume: bool, restart: bool, console) -> Path |
         raise TrainError(f"{work} holds {found.name} of an earlier run: pass --resume to "
                          "continue it, or --restart to discard it and start over")
     if not resume and work.exists():  # leftovers without any checkpoint: nothing to keep
-        shutil.rmtree(work)
+        shutil.rmtree(work, ignore_errors=True)
     return found
 
 

@@ -146,3 +146,43 @@ def test_progress_log_has_loss_learning_rate_and_eta(trained):
     assert [r["step"] for r in steps] == [1, 2]
     assert all({"learning_rate", "eta_s", "elapsed_s", "max_steps"} <= r.keys() for r in steps)
     assert steps[-1]["eta_s"] == 0.0 and steps[0]["eta_s"] >= 0.0
+
+
+def test_files_holding_only_experts_are_hard_linked(merged: Path, tmp_path: Path):
+    """A merged checkpoint whose experts sit in their own weight file (any sharding a tool
+    chose): the save links that file instead of writing it, and writes the rest from the
+    model. Same names, dtypes and bytes as the source where nothing was trained."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    src = tmp_path / "split"
+    src.mkdir()
+    for f in merged.iterdir():
+        if f.suffix != ".safetensors":
+            (src / f.name).write_bytes(f.read_bytes())
+    state = load_file(str(merged / "model.safetensors"))
+    files = {"model-00001-of-00002.safetensors": {n: t for n, t in state.items()
+                                                  if save_mod.is_stored_expert(n)},
+             "model-00002-of-00002.safetensors": {n: t for n, t in state.items()
+                                                  if not save_mod.is_stored_expert(n)}}
+    for name, part in files.items():
+        save_file(part, str(src / name), metadata={"format": "pt"})
+    (src / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: f for f, part in files.items() for n in part}}))
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.q_proj.weight.add_(1.0)  # "trained"
+    out = tmp_path / "out"
+    report = save_mod.save_weights(model, src, out, copy_experts=True)
+
+    experts_file, rest_file = sorted(files)
+    assert report.linked == [experts_file] and not report.streamed
+    assert (out / experts_file).stat().st_ino == (src / experts_file).stat().st_ino
+    assert set(report.from_model) == set(files[rest_file])
+    saved = load_file(str(out / rest_file))
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(saved[q], state[q] + 1.0)
+    assert all(torch.equal(saved[n], t) for n, t in files[rest_file].items() if n != q)
+    assert (out / "model.safetensors.index.json").is_file()
