@@ -49,8 +49,11 @@ def merge_cli(config: Path, out: Path, overrides: tuple[str, ...]) -> None:
 @click.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=_SET_HELP)
-@click.option("--resume", is_flag=True, help="Continue from the newest saved checkpoint.")
-def train_cli(config: Path, overrides: tuple[str, ...], resume: bool) -> None:
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its newest "
+              "complete checkpoint.")
+@click.option("--restart", is_flag=True, help="Discard an interrupted run's checkpoints "
+              "(<output_dir>.work) and start over.")
+def train_cli(config: Path, overrides: tuple[str, ...], resume: bool, restart: bool) -> None:
     """Merge (if needed), train with frozen expert FFNs (or another method), verify."""
     from rich.console import Console
 
@@ -61,7 +64,7 @@ def train_cli(config: Path, overrides: tuple[str, ...], resume: bool) -> None:
     console = Console()
     try:
         cfg = load_config(config, list(overrides))
-        out = run_training(cfg, resume=resume, console=console)
+        out = run_training(cfg, resume=resume, restart=restart, console=console)
         verdict = verify_checkpoint(out)
     except _user_errors() as exc:
         raise _fail(exc) from exc

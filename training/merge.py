@@ -7,6 +7,7 @@ of sys.exit, an atomic output directory, the per-expert layout and the `mofe.jso
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -14,7 +15,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from model_registry.checkpoint import convert_checkpoint, expert_hashes
-from model_registry.manifest import ExpertRecord, FreezeSpec, Manifest, MergeRecord, ModelSource
+from model_registry.manifest import (
+    MANIFEST_FILE,
+    ExpertRecord,
+    FreezeSpec,
+    Manifest,
+    MergeRecord,
+    ModelSource,
+)
 
 from .config import MergeConfig
 from .sources import MergeError, check_compatible, local_dir
@@ -96,8 +104,10 @@ def merge_experts(merge: MergeConfig, out: Path, seed: int = 0) -> Manifest:
     try:
         fused = work / "fused"
         run_mergekit(config, fused, seed)
+        align_pad_token(fused, Path(resolved[0]))
         manifest = build_manifest(merge, resolved, config, base_cfg)
         manifest.save(fused)
+        (fused / MANIFEST_FILE).chmod(0o644)  # readable by a server running as another user
         # The one rewrite on the train -> register -> serve path (docs/format.md): mergekit's
         # fused output becomes the per-expert layout, which stock vLLM reads too. The
         # converter fills a temp sibling and renames it: `out` appears complete or not at all.
@@ -105,6 +115,24 @@ def merge_experts(merge: MergeConfig, out: Path, seed: int = 0) -> Manifest:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return manifest
+
+
+def align_pad_token(ckpt: Path, base: Path) -> None:
+    """mergekit sets the merged tokenizer's pad token to BOS (and left padding) whatever the
+    base model says, so config.json's pad_token_id and the tokenizer disagreed. Restore the
+    base tokenizer's pad token and padding side, and write the same id into config.json."""
+    from transformers import AutoTokenizer
+
+    base_tok = AutoTokenizer.from_pretrained(base)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    if base_tok.pad_token is not None:
+        tok.pad_token = base_tok.pad_token
+    tok.padding_side = base_tok.padding_side
+    tok.save_pretrained(ckpt)
+    config_path = ckpt / "config.json"
+    config = json.loads(config_path.read_text())
+    config["pad_token_id"] = tok.pad_token_id
+    config_path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def build_manifest(merge: MergeConfig, resolved: list[str], config: dict,

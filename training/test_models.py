@@ -246,3 +246,80 @@ def build_format_kit(root: Path, seed: int = 0) -> FormatKit:
                                               base=base),
                      bare=write_mixtral(root / "moe-bare", experts, "per_expert",
                                         manifest=False))
+
+
+# --- random dense experts of any shape, for memory benchmarks and structural tests ------
+
+# TinyLlama-1.1B's shape, the paper's setting (x 4 experts: 3.38B parameters, 0.34B trainable)
+TINYLLAMA = KitSizes(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22,
+                     num_heads=32, num_kv_heads=4, max_positions=2048)
+
+
+def build_random_experts(root: Path, sizes: KitSizes = KitSizes(), experts: int = NUM_EXPERTS,
+                         dtype: str = "bfloat16", seed: int = 0, rows: int = 48) -> Path:
+    """A random dense Llama base of `sizes`, `experts` dense experts (the base with its FFNs
+    drawn again per expert, as fine-tuned experts share the base's shape), the kit tokenizer,
+    a chat data file and `mofe.yaml`, a training config that merges them (mergekit,
+    `gate_mode: random`, top-2, `dtype`) and trains 2 steps of batch 1 x 128 tokens.
+    Returns the config's path. The config's vocabulary is `sizes.vocab_size` even where the
+    kit tokenizer has fewer tokens, so the parameter count is the shape's."""
+    import torch
+    import yaml
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .kit import CORPUS
+
+    _quiet_transformers()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tokenizer = _train_tokenizer(root / "tokenizer", min(sizes.vocab_size, 4096))
+    if len(tokenizer) > sizes.vocab_size:
+        raise ValueError(f"vocab_size {sizes.vocab_size} is smaller than the kit tokenizer")
+    config = LlamaConfig(
+        vocab_size=sizes.vocab_size, hidden_size=sizes.hidden_size,
+        intermediate_size=sizes.intermediate_size, num_hidden_layers=sizes.num_layers,
+        num_attention_heads=sizes.num_heads, num_key_value_heads=sizes.num_kv_heads,
+        max_position_embeddings=sizes.max_positions, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM._from_config(config, dtype=getattr(torch, dtype)).eval()
+    model.save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    names = []
+    for i in range(experts):
+        name = f"{TOPICS[i % len(TOPICS)][0]}-{i}"
+        gen = torch.Generator().manual_seed(seed + 1 + i)
+        with torch.no_grad():
+            for pname, param in model.named_parameters():
+                if ".mlp." in pname:  # a dense FFN: gate/up/down projections
+                    param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype)
+                                * config.initializer_range)
+        model.save_pretrained(root / "experts" / name)
+        tokenizer.save_pretrained(root / "experts" / name)
+        names.append(name)
+    del model
+
+    lines = (CORPUS / "medical.txt").read_text().splitlines()
+    data = root / "data" / "instruct.jsonl"
+    data.parent.mkdir(parents=True, exist_ok=True)
+    with open(data, "w") as fh:
+        for i in range(rows):
+            fact = lines[i % len(lines)]
+            msgs = [{"role": "user", "content": f"Tell me a fact ({i})."},
+                    {"role": "assistant", "content": fact}]
+            fh.write(json.dumps({"messages": msgs}) + "\n")
+    cfg = {
+        "method": "mofe", "seed": seed, "output_dir": "checkpoints/mofe",
+        "merge": {"base_model": "base", "output": "merged", "gate_mode": "random",
+                  "experts_per_token": TOP_K, "dtype": dtype,
+                  "experts": [{"source": f"experts/{n}", "domain": TOPICS[i % len(TOPICS)][1]}
+                              for i, n in enumerate(names)]},
+        "data": {"train": [{"path": "data/instruct.jsonl", "format": "chat"}],
+                 "eval_fraction": 0.0, "max_length": 128},
+        "training": {"max_steps": 2, "batch_size": 1, "learning_rate": 3.0e-5,
+                     "save_every": 2, "log_every": 1, "precision": "bf16"},
+    }
+    path = root / "mofe.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path

@@ -108,3 +108,15 @@ def test_convert_cli_writes_vllm_layout(merged: Path, tmp_path: Path):
     assert expert_hashes(tmp_path / "conv") == expert_hashes(merged)
     result = CliRunner().invoke(convert_cli, [str(tmp_path / "nope"), str(tmp_path / "c2")])
     assert result.exit_code == 1 and "no config.json" in result.output
+
+
+def test_merged_tokenizer_keeps_the_base_pad_token(merged: Path, kit: Path):
+    """mergekit sets the merged tokenizer's pad token to BOS; config.json said <pad>."""
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(kit / "base")
+    tok = AutoTokenizer.from_pretrained(merged)
+    config = json.loads((merged / "config.json").read_text())
+    assert base.pad_token == "<pad>" and tok.pad_token == base.pad_token
+    assert config["pad_token_id"] == tok.pad_token_id == base.pad_token_id
+    assert tok.padding_side == base.padding_side

@@ -60,3 +60,52 @@ def test_resume_refused_when_frozen_experts_changed(kit, merged, mofe_ckpt, tmp_
     assert result.exit_code == 1
     assert "refusing to resume" in result.output and "expert 2 1.w3" in result.output
     assert not out.exists()
+
+
+def _interrupted_while_saving(out: Path) -> Path:
+    """What a run killed in the middle of Trainer's checkpoint save leaves: checkpoint-N
+    with some files half-written and no trainer_state.json (Trainer writes it last)."""
+    partial = Path(f"{out}.work") / "checkpoints" / "checkpoint-10"
+    partial.mkdir(parents=True)
+    (partial / "trainable.safetensors").write_bytes(b"\x00" * 100)  # truncated
+    (Path(f"{out}.work") / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
+    return partial
+
+
+def test_incomplete_checkpoint_blocks_neither_resume_nor_restart(kit, merged, tmp_path: Path):
+    """The issue's stuck state: a rerun asked for --resume, and --resume found no complete
+    checkpoint. Now --resume names --restart, --restart starts over, and a plain rerun
+    starts over by itself (an incomplete checkpoint holds nothing to resume)."""
+    from click.testing import CliRunner
+
+    from training.cli import train_cli
+
+    run = CliRunner()
+    out = tmp_path / "stuck"
+    partial = _interrupted_while_saving(out)
+    args = train_args(kit, merged, out, "training.max_steps=2")[1:]
+    resumed = run.invoke(train_cli, [*args, "--resume"])
+    assert resumed.exit_code == 1 and "no complete checkpoint" in resumed.output
+    assert "--restart" in resumed.output
+    restarted = run.invoke(train_cli, [*args, "--restart"])
+    assert restarted.exit_code == 0, restarted.output
+    assert (out / "model.safetensors").is_file() and not partial.exists()
+
+    again = tmp_path / "plain"
+    _interrupted_while_saving(again)
+    plain = run.invoke(train_cli, train_args(kit, merged, again, "training.max_steps=2")[1:])
+    assert plain.exit_code == 0, plain.output
+    assert "incomplete checkpoint" in plain.output
+    rows = [line for line in (again / "metrics.jsonl").open()]
+    assert '"loss": 5.0' not in rows[0]  # the discarded run's log is not carried over
+
+
+def test_progress_is_a_bar_not_raw_log_dicts(kit, merged, tmp_path: Path):
+    proc = mofe(*train_args(kit, merged, tmp_path / "bar", "training.max_steps=3",
+                            "training.log_every=1"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shown = proc.stdout + proc.stderr
+    assert "{'loss'" not in shown and "{'eval_loss'" not in shown  # Trainer's dict prints
+    bar = [line for line in shown.replace("\r", "\n").splitlines() if "training:" in line]
+    assert any("3/3" in line and "loss=" in line and "lr=" in line for line in bar), bar
+    assert any("<" in line for line in bar)  # tqdm's elapsed<remaining (ETA)
