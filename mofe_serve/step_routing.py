@@ -65,6 +65,7 @@ class RequestRouting:
         self.req_key: dict[str, str] = {}  # live engine request id -> key
         self.prompt_len: dict[str, int] = {}
         self.idle: OrderedDict[str, None] = OrderedDict()  # keys with no live request, oldest first
+        self.unavailable: str | None = None  # why per-request sums cannot be kept here
 
     # --- host bookkeeping, before the step ------------------------------------------------
     def _open(self, key: str) -> None:
@@ -116,7 +117,7 @@ class RequestRouting:
 
     # --- device work, after the forward ---------------------------------------------------
     def after_forward(self, runner, num_tokens: int) -> None:
-        if not self.req_key:
+        if not self.req_key or self.unavailable:
             return
         batch = runner.input_batch
         table = self.row_slot_host
@@ -129,9 +130,15 @@ class RequestRouting:
                 tracked = True
         if not tracked:
             return
+        token_rows = _token_rows(runner, num_tokens)
+        if token_rows is None:
+            self.unavailable = (f"{type(runner).__name__} has no per-step token-to-request "
+                                "map (req_indices): per-request routing needs vLLM's V1 "
+                                "model runner")
+            logger.error("per-request routing off: %s", self.unavailable)
+            return
         if self.row_slot is not table:
             self.row_slot.copy_(table, non_blocking=True)
-        token_rows = _token_rows(runner, num_tokens, self.row_slot.device)
         self.counters.aggregate(num_tokens, self.row_slot[token_rows], self.num_slots,
                                 self.tokens, self.gate)
 
@@ -144,7 +151,9 @@ class RequestRouting:
         for key in keys:
             forwarded = self.forwarded.get(key)
             slot = self.key_slot.get(key)
-            if forwarded is None or slot is None:
+            if self.unavailable:
+                out[key] = {"error": self.unavailable}
+            elif forwarded is None or slot is None:
                 out[key] = None
             else:
                 part = slice(slot * self.per_slot, (slot + 1) * self.per_slot)
@@ -165,14 +174,13 @@ class RequestRouting:
             self.free.append(slot)
 
 
-def _token_rows(runner, num_tokens: int, device: torch.device) -> torch.Tensor:
+def _token_rows(runner, num_tokens: int) -> torch.Tensor | None:
     """Batch row of each of the step's tokens: the device map the V1 runner built for this
-    step (`req_indices`, filled in `_prepare_inputs`)."""
+    step (`req_indices`, filled in `_prepare_inputs`); None when the runner has none."""
     req_indices = getattr(getattr(runner, "req_indices", None), "gpu", None)
     if isinstance(req_indices, torch.Tensor) and req_indices.shape[0] >= num_tokens:
         return req_indices[:num_tokens]
-    raise RuntimeError(f"{type(runner).__name__} has no per-step token-to-request map "
-                       "(req_indices): per-request routing needs vLLM's V1 model runner")
+    return None
 
 
 class StepRouting:

@@ -56,7 +56,8 @@ class Runner:
         order = [r for r in self.input_batch.req_id_to_index if r in out.num_scheduled_tokens]
         self.input_batch.req_id_to_index = {r: i for i, r in enumerate(order)}
         rows = [i for i, r in enumerate(order) for _ in range(out.num_scheduled_tokens[r])]
-        self.req_indices.gpu[:len(rows)] = torch.tensor(rows)
+        if self.req_indices is not None:
+            self.req_indices.gpu[:len(rows)] = torch.tensor(rows)
         ids = torch.tensor([[r % EXPERTS, (r + 1) % EXPERTS] for r in rows], dtype=torch.int32)
         for layer in range(LAYERS):
             self.counters.record(layer, ids, torch.full((len(rows), TOP_K), 0.5))
@@ -114,3 +115,15 @@ def test_unfetched_summaries_make_room_oldest_first():
     routing.before_step(_output([_new("b", 2, "new")], {}, {"b": 2}))
     assert list(routing.key_slot) == ["new"]
     assert routing.pop(["old"]) == {"old": None}
+
+
+def test_a_runner_without_a_token_map_keeps_totals_and_says_why():
+    counters = RoutingCounters(LAYERS, EXPERTS, TOP_K, max_tokens=16)
+    counters.set_enabled(True)
+    runner = Runner(counters)
+    hook = StepRouting.install(runner, counters)
+    runner.schedule(["a"])
+    runner.req_indices = None  # e.g. a runner other than vLLM's V1 runner
+    runner.execute_model(_output([_new("a", 3, "k")], {}, {"a": 3}))
+    assert sum(counters.snapshot()["tokens"][0]) == TOP_K * 3
+    assert "req_indices" in hook.requests.pop(["k"])["k"]["error"]
