@@ -6,12 +6,12 @@ Two halves, split at the step boundary:
   `topk_ids` / `topk_weights` it already computed into rows `[:num_tokens, layer]` of a
   per-step buffer (`step_ids` int32 and `step_weights` float64, `[max_tokens, layers, top_k]`,
   allocated once at model construction for `max_num_batched_tokens`). Two `copy_` calls into
-  fixed addresses: no host sync, no allocation, nothing data-dependent. Under torch.compile it
-  goes through an opaque custom op (`torch.ops.mofe.record_routing_step`; Dynamo does not
-  trace into it); in eager mode the same copies run directly into views cached per
-  (layer, rows), with no dispatcher round trip and no slicing (about 2-3 us per layer).
-  Inside CUDA-graph capture its copy kernels are captured and replayed with the graph's
-  fixed input buffers.
+  fixed addresses: no host sync, no allocation, nothing data-dependent. In eager mode (also
+  inside vLLM's MoE custom op on CUDA, which torch.compile does not trace) they run into
+  views cached per (layer, rows): about 2-3 us per layer on CPU. Where torch.compile traces
+  the router (vLLM on CPU), the two slice copies are traced as in-place stores into the
+  buffers. Inside CUDA-graph capture the copy kernels are captured and replayed with the
+  graph's fixed input buffers.
 * **Once per step (after the forward, outside any graph): `aggregate`.** One `index_add_`
   pair turns the first `num_tokens` rows of the buffer into `[group][layer][expert]` counts
   and summed gate weights, for any per-token group index: all tokens into one group for the
@@ -33,35 +33,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-_OP_LIB = torch.library.Library("mofe", "FRAGMENT")  # keep alive: owns the op registration
-
-
-def record_routing_impl(topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                        step_ids: torch.Tensor, step_weights: torch.Tensor,
-                        layer: int) -> None:
-    """Copy one layer's routing of this step into the step buffer (rows [:num_tokens])."""
-    n = topk_ids.shape[0]
-    step_ids[:n, layer].copy_(topk_ids)
-    step_weights[:n, layer].copy_(topk_weights)
-
-
-def _record_routing_fake(topk_ids: torch.Tensor, topk_weights: torch.Tensor,
-                         step_ids: torch.Tensor, step_weights: torch.Tensor,
-                         layer: int) -> None:
-    return None
-
-
-def _register_op() -> None:
-    from vllm.utils.torch_utils import direct_register_custom_op
-
-    direct_register_custom_op(
-        op_name="record_routing_step", op_func=record_routing_impl,
-        mutates_args=["step_ids", "step_weights"], fake_impl=_record_routing_fake,
-        target_lib=_OP_LIB)
-
-
-_register_op()
 
 
 def aggregate_step(step_ids: torch.Tensor, step_weights: torch.Tensor,
@@ -126,12 +97,15 @@ class RoutingCounters(nn.Module):
 
     # --- hot path: once per MoE layer per forward ------------------------------------------
     def record(self, layer: int, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> None:
+        n = topk_ids.shape[0]
         if torch.compiler.is_compiling():
-            torch.ops.mofe.record_routing_step(topk_ids, topk_weights, self.step_ids,
-                                               self.step_weights, layer)
+            # Traced: two slice copies into the buffers (graph inputs), which the compiler
+            # keeps as in-place stores. Measured on CPU with inductor: ~4 us per layer, vs
+            # ~16 us through an opaque custom op (its Python dispatch on every call).
+            self.step_ids[:n, layer].copy_(topk_ids)
+            self.step_weights[:n, layer].copy_(topk_weights)
             return
         # Eager: the same two copies, into views cached per (layer, rows).
-        n = topk_ids.shape[0]
         views = self._views.get((layer, n))
         if views is None:
             views = (self.step_ids[:n, layer], self.step_weights[:n, layer])

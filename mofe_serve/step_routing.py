@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -130,8 +131,8 @@ class RequestRouting:
                 tracked = True
         if not tracked:
             return
-        token_rows = _token_rows(runner, num_tokens)
-        if token_rows is None:
+        rows = token_rows(runner, num_tokens)
+        if rows is None:
             self.unavailable = (f"{type(runner).__name__} has no per-step token-to-request "
                                 "map (req_indices): per-request routing needs vLLM's V1 "
                                 "model runner")
@@ -139,7 +140,7 @@ class RequestRouting:
             return
         if self.row_slot is not table:
             self.row_slot.copy_(table, non_blocking=True)
-        self.counters.aggregate(num_tokens, self.row_slot[token_rows], self.num_slots,
+        self.counters.aggregate(num_tokens, self.row_slot[rows], self.num_slots,
                                 self.tokens, self.gate)
 
     # --- RPC, between steps ---------------------------------------------------------------
@@ -174,7 +175,7 @@ class RequestRouting:
             self.free.append(slot)
 
 
-def _token_rows(runner, num_tokens: int) -> torch.Tensor | None:
+def token_rows(runner, num_tokens: int) -> torch.Tensor | None:
     """Batch row of each of the step's tokens: the device map the V1 runner built for this
     step (`req_indices`, filled in `_prepare_inputs`); None when the runner has none."""
     req_indices = getattr(getattr(runner, "req_indices", None), "gpu", None)
@@ -183,11 +184,18 @@ def _token_rows(runner, num_tokens: int) -> torch.Tensor | None:
     return None
 
 
+StepCallback = Callable[[Any, Any, int], None]
+
+
 class StepRouting:
-    """The per-step hook on one model runner: totals always, per-request when asked."""
+    """The per-step hook on one model runner: totals always, per-request when asked, then
+    any `after_step` callbacks (runner, scheduler_output, num_tokens), e.g. a grouping by
+    model variant: build a batch row -> group table, gather it through `token_rows`, and
+    call `counters.aggregate(num_tokens, group_index, num_groups, ...)`."""
 
     def __init__(self, runner, counters: RoutingCounters):
         self.runner, self.counters = runner, counters
+        self.after_step: list[StepCallback] = []
         max_rows = int(getattr(runner, "max_num_reqs", 0) or
                        runner.vllm_config.scheduler_config.max_num_seqs)
         self.requests = RequestRouting(counters, max_rows=max_rows,
@@ -220,3 +228,5 @@ class StepRouting:
             return
         self.counters.end_step(num_tokens)
         self.requests.after_forward(self.runner, num_tokens)
+        for callback in self.after_step:
+            callback(self.runner, scheduler_output, num_tokens)

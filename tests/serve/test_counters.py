@@ -80,10 +80,11 @@ def test_record_views_follow_the_buffers_when_the_module_moves():
     assert c.snapshot()["tokens"][0] == [2, 1, 2, 1]
 
 
-def test_update_under_torch_compile():
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])  # inductor: vLLM on CPU
+def test_update_under_torch_compile(backend):
     c = _counters()
 
-    @torch.compile(backend="aot_eager", fullgraph=True)
+    @torch.compile(backend=backend, fullgraph=True)
     def step(ids, w):
         c.record(0, ids, w)
         c.record(1, ids, w)

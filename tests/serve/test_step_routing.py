@@ -127,3 +127,33 @@ def test_a_runner_without_a_token_map_keeps_totals_and_says_why():
     runner.execute_model(_output([_new("a", 3, "k")], {}, {"a": 3}))
     assert sum(counters.snapshot()["tokens"][0]) == TOP_K * 3
     assert "req_indices" in hook.requests.pop(["k"])["k"]["error"]
+
+
+def test_after_step_callback_groups_tokens_by_any_row_table():
+    """How a per-variant (or any per-request) grouping plugs in: a row -> group table
+    gathered through the step's token map, aggregated into caller-owned sums."""
+    from mofe_serve.step_routing import token_rows
+
+    counters = RoutingCounters(LAYERS, EXPERTS, TOP_K, max_tokens=16)
+    counters.set_enabled(True)
+    runner = Runner(counters)
+    hook = StepRouting.install(runner, counters)
+    groups = 2
+    sums = torch.zeros((groups + 1) * LAYERS * EXPERTS, dtype=torch.int64)
+    gates = torch.zeros_like(sums, dtype=torch.float64)
+
+    def by_variant(runner, scheduler_output, num_tokens):
+        variant = {"a": 0, "b": 1, "c": 0}  # e.g. from each request's extra_args
+        table = torch.full((runner.max_num_reqs,), groups, dtype=torch.int64)
+        for req_id, row in runner.input_batch.req_id_to_index.items():
+            table[row] = variant[req_id]
+        counters.aggregate(num_tokens, table[token_rows(runner, num_tokens)], groups, sums,
+                           gates)
+
+    hook.after_step.append(by_variant)
+    runner.schedule(["a", "b", "c"])
+    runner.execute_model(_output([_new("a", 3, None), _new("b", 2, None), _new("c", 1, None)],
+                                 {}, {"a": 3, "b": 2, "c": 1}))
+    per_variant = sums.view(groups + 1, LAYERS, EXPERTS)
+    assert per_variant[0, 0].tolist() == [3, 3, 1, 1]  # a (row 0) 3 tokens, c (row 2) 1
+    assert per_variant[1, 0].tolist() == [0, 2, 2, 0]  # b (row 1)
