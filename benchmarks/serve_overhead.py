@@ -7,7 +7,8 @@ Starts vLLM's own OpenAI server (stock MixtralForCausalLM; our plugin's override
 checkpoint with the same engine flags, both kept up; then drives them alternately (ABBA
 order) with the same seeded load: 64 requests, concurrency 16, 128 random prompt tokens,
 exactly 64 output tokens (ignore_eos). Prints output tok/s, p50/p99 TTFT and inter-token
-latency per run and the MoFE/stock ratios with a 95% interval over pairs. Then times the
+latency per run, the time from the last token to the end of the stream (tail), and the
+MoFE/stock ratios with a 95% interval over pairs. Then times the
 routing hot path alone (microbenchmark). Not a test: numbers depend on the machine.
 
     .venv/bin/python benchmarks/serve_overhead.py --mode optin [--pairs 8]
@@ -60,7 +61,7 @@ async def drive(base_url: str, model: str, prompts: list[list[int]], concurrency
     client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0,
                                 timeout=600)
     sem = asyncio.Semaphore(concurrency)
-    ttft, itl, produced = [], [], 0
+    ttft, itl, tail, produced = [], [], [], 0
 
     async def one(ids):
         nonlocal produced
@@ -82,6 +83,8 @@ async def drive(base_url: str, model: str, prompts: list[list[int]], concurrency
                 if chunk.usage is not None:
                     n = chunk.usage.completion_tokens
             produced += n
+            # Last token to end of stream: where an opted-in summary's wait shows up.
+            tail.append(time.perf_counter() - last)
             ttft.append(first - start)
             # Inter-token latency per request: mean gap between output tokens (TPOT).
             itl.append((last - first) / max(n - 1, 1))
@@ -92,7 +95,8 @@ async def drive(base_url: str, model: str, prompts: list[list[int]], concurrency
     await client.close()
     return {"tok_s": produced / wall, "ttft_p50": percentile(ttft, 50),
             "ttft_p99": percentile(ttft, 99), "itl_p50": percentile(itl, 50),
-            "itl_p99": percentile(itl, 99)}
+            "itl_p99": percentile(itl, 99), "tail_p50": percentile(tail, 50),
+            "tail_p99": percentile(tail, 99)}
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:
@@ -253,7 +257,8 @@ def main() -> None:
         print(f"\n{opts.pairs} ABBA pairs ({other_arm} vs {base}), {opts.requests} requests, "
               f"concurrency {opts.concurrency}, {opts.in_tokens} in / {opts.out_tokens} out, "
               f"{opts.dtype}, {'eager' if opts.eager else 'compiled'}")
-        for key in ("tok_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99"):
+        for key in ("tok_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "tail_p50",
+                    "tail_p99"):
             a = [r[key] for r in results[base]]
             b = [r[key] for r in results[other_arm]]
             ratio, half = mean_ci([y / x for y, x in zip(b, a, strict=True)])
