@@ -100,6 +100,15 @@ def check_parallelism(pipeline_parallel_size: int | None,
             "balancer instead.")
 
 
+def check_ubatching(parallel_config) -> None:
+    """Refuse micro-batching (DBO): each micro-batch's MoE sees a slice of the step's tokens,
+    and the per-step routing buffer (counters.py) records every slice at rows [:slice]."""
+    if getattr(parallel_config, "use_ubatching", False):
+        raise EngineSetupError(
+            "--enable-dbo / --ubatch-size > 1 is not supported: micro-batches would "
+            "overwrite each other's rows in the per-step routing buffer. Drop the flag.")
+
+
 # --- KV cache on CPU ------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -216,6 +225,7 @@ def check_engine_config(vllm_config) -> KvCachePlan | None:
     """Every check and choice on a built `VllmConfig`; returns the KV plan to apply."""
     parallel = vllm_config.parallel_config
     check_parallelism(parallel.pipeline_parallel_size, parallel.data_parallel_size)
+    check_ubatching(parallel)
     plan = plan_cpu_kv_cache(vllm_config)
     if plan is not None:
         use_vllm_log_handlers()
