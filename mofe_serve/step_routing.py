@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from .counters import RoutingCounters
@@ -57,7 +58,8 @@ class RequestRouting:
         # batch row -> slot, filled on the host each step that has opted-in requests.
         # Pageable on purpose: a non-blocking copy from pageable memory is staged at once
         # (no device sync), so the table can be refilled next step without a race.
-        self.row_slot_host = torch.full((max_rows,), num_slots, dtype=torch.int64)
+        self.row_slot_np = np.full(max_rows, num_slots, dtype=np.int64)
+        self.row_slot_host = torch.from_numpy(self.row_slot_np)  # same memory
         self.row_slot = (self.row_slot_host if device.type == "cpu"
                          else self.row_slot_host.to(device))
         self.free = list(range(num_slots))
@@ -120,17 +122,18 @@ class RequestRouting:
     def after_forward(self, runner, num_tokens: int) -> None:
         if not self.req_key or self.unavailable:
             return
-        batch = runner.input_batch
-        table = self.row_slot_host
-        table.fill_(self.num_slots)
-        tracked = False
+        index = runner.input_batch.req_id_to_index
+        rows, slots = [], []
         for req_id, key in self.req_key.items():
-            slot, row = self.key_slot.get(key), batch.req_id_to_index.get(req_id)
+            slot, row = self.key_slot.get(key), index.get(req_id)
             if slot is not None and row is not None:
-                table[row] = slot
-                tracked = True
-        if not tracked:
+                rows.append(row)
+                slots.append(slot)
+        if not rows:
             return
+        table = self.row_slot_host
+        self.row_slot_np.fill(self.num_slots)
+        self.row_slot_np[rows] = slots  # numpy: one call, not one tensor op per row
         rows = token_rows(runner, num_tokens)
         if rows is None:
             self.unavailable = (f"{type(runner).__name__} has no per-step token-to-request "

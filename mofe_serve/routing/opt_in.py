@@ -221,7 +221,14 @@ class _StreamReply(_Reply):
         if message["type"] != "http.response.body" or not self.streaming:
             return await self._send(message)
         more = message.get("more_body", False)
-        data = self.pending + message.get("body", b"")
+        body = message.get("body", b"")
+        if (more and not self.pending and self.held_usage is None and body.endswith(b"\n\n")
+                and b'"choices":[]' not in body and _DONE not in body):
+            # Fast path, every token chunk: whole events, none of them ours to touch.
+            if body.startswith(b"data: {"):
+                self.last_data = body
+            return await self._send(message)
+        data = self.pending + body
         events = data.split(b"\n\n")
         self.pending = events.pop()  # incomplete tail (b"" after a whole event)
         out = [await self._event(event) for event in events]
@@ -254,9 +261,10 @@ class _StreamReply(_Reply):
             event, self.held_usage = self.held_usage, None
             return _with_field(event, "mofe_routing", summary) + b"\n\n"
         last = {}
-        if self.last_data is not None:
+        if self.last_data is not None:  # one or more whole events: the last one counts
+            event = self.last_data.rstrip().rsplit(b"\n\n", 1)[-1]
             try:
-                last = json.loads(self.last_data[len(b"data: "):])
+                last = json.loads(event[len(b"data: "):])
             except ValueError:
                 last = {}
         chunk = {k: last[k] for k in ("id", "object", "created", "model") if k in last}

@@ -46,6 +46,9 @@ def _app(seen: list, fetcher):
             # Events split across messages the way a proxy might cut them.
             parts = [b'data: {"id":"c1","object":"text_completion","created":5,"model":"m",',
                      b'"choices":[{"text":"hi"}]}\n\n']
+            if b"aligned" in body:  # one whole event per message, as vLLM sends them
+                parts = [parts[0] + parts[1], b'data: {"id":"c1","object":"text_completion",'
+                         b'"created":5,"model":"m","choices":[{"text":"!"}]}\n\n']
             if b"include_usage" in body:
                 parts += [b'data: {"id":"c1","choices":[],', b'"usage":{"prompt_tokens":1}}\n\n']
             parts.append(b"data: [DONE]\n\n")
@@ -112,10 +115,11 @@ def test_opt_in_by_body_and_header_non_streaming():
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
-def test_streaming_summary_in_the_final_chunk(include_usage):
+@pytest.mark.parametrize("prompt", ["split", "aligned"])
+def test_streaming_summary_in_the_final_chunk(include_usage, prompt):
     seen: list[bytes] = []
     app, _ = _app(seen, SummaryFetcher(Engine(), ["med", "gen"]))
-    body = {"model": "m", "prompt": "x", "stream": True, "mofe": {"routing": True}}
+    body = {"model": "m", "prompt": prompt, "stream": True, "mofe": {"routing": True}}
     if include_usage:
         body["stream_options"] = {"include_usage": True}
     r = _post(app, json.dumps(body).encode())
@@ -129,7 +133,7 @@ def test_streaming_summary_in_the_final_chunk(include_usage):
     if not include_usage:
         assert (final["id"], final["object"], final["created"], final["model"]) == (
             "c1", "text_completion", 5, "m")
-    assert len(events) == 3
+    assert len(events) == (4 if prompt == "aligned" else 3)
 
 
 def test_malformed_opt_in_is_a_400_naming_the_field():
