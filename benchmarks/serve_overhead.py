@@ -7,8 +7,15 @@ Starts vLLM's own OpenAI server (stock MixtralForCausalLM; our plugin's override
 checkpoint with the same engine flags, both kept up; then drives them alternately (ABBA
 order) with the same seeded load: 64 requests, concurrency 16, 128 random prompt tokens,
 exactly 64 output tokens (ignore_eos). Prints output tok/s, p50/p99 TTFT and inter-token
-latency per run and the MoFE/stock ratios with a 95% interval over pairs. Then times the
-counter update alone (microbenchmark). Not a test: numbers depend on the machine.
+latency per run, the time from the last token to the end of the stream (tail), and the
+MoFE/stock ratios with a 95% interval over pairs. Then times the
+routing hot path alone (microbenchmark). Not a test: numbers depend on the machine.
+
+    .venv/bin/python benchmarks/serve_overhead.py --mode optin [--pairs 8]
+
+One `mofe serve`, driven alternately (ABBA) with the same load where no request asks for
+its routing summary and where every request does (`"mofe": {"routing": true}`): the cost of
+per-request summaries (targets: throughput ratio >= 0.97, p99 TTFT ratio <= 1.1).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,13 +55,13 @@ def percentile(xs: list[float], q: float) -> float:
 
 
 async def drive(base_url: str, model: str, prompts: list[list[int]], concurrency: int,
-                out_tokens: int) -> dict:
+                out_tokens: int, opt_in: bool = False) -> dict:
     import openai
 
     client = openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0,
                                 timeout=600)
     sem = asyncio.Semaphore(concurrency)
-    ttft, itl, produced = [], [], 0
+    ttft, itl, tail, produced = [], [], [], 0
 
     async def one(ids):
         nonlocal produced
@@ -63,15 +71,20 @@ async def drive(base_url: str, model: str, prompts: list[list[int]], concurrency
             n = 0
             stream = await client.completions.create(
                 model=model, prompt=ids, max_tokens=out_tokens, temperature=0, stream=True,
-                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True, **({"mofe": {"routing": True}} if opt_in else {})})
             async for chunk in stream:
                 now = time.perf_counter()
+                if opt_in and chunk.usage is not None:
+                    assert "tokens" in chunk.mofe_routing, chunk.mofe_routing
                 if chunk.choices and chunk.choices[0].text is not None:
                     first = first or now
                     last = now
                 if chunk.usage is not None:
                     n = chunk.usage.completion_tokens
             produced += n
+            # Last token to end of stream: where an opted-in summary's wait shows up.
+            tail.append(time.perf_counter() - last)
             ttft.append(first - start)
             # Inter-token latency per request: mean gap between output tokens (TPOT).
             itl.append((last - first) / max(n - 1, 1))
@@ -82,7 +95,8 @@ async def drive(base_url: str, model: str, prompts: list[list[int]], concurrency
     await client.close()
     return {"tok_s": produced / wall, "ttft_p50": percentile(ttft, 50),
             "ttft_p99": percentile(ttft, 99), "itl_p50": percentile(itl, 50),
-            "itl_p99": percentile(itl, 99)}
+            "itl_p99": percentile(itl, 99), "tail_p50": percentile(tail, 50),
+            "tail_p99": percentile(tail, 99)}
 
 
 def mean_ci(xs: list[float]) -> tuple[float, float]:
@@ -93,38 +107,51 @@ def mean_ci(xs: list[float]) -> tuple[float, float]:
     return m, t.get(len(xs), 2.0) * statistics.stdev(xs) / len(xs) ** 0.5
 
 
-def microbenchmark(layers: int = 4, experts: int = 4, top_k: int = 2) -> dict[int, float]:
+def _best_of(fn, reps: int) -> float:
+    """Microseconds per call, best of 3 runs (the machine is shared)."""
+    times = []
+    for _ in range(3):
+        for _ in range(50):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        times.append((time.perf_counter() - t0) / reps * 1e6)
+    return min(times)
+
+
+def _vllm_topk(logits, top_k: int):
     import torch
-    from vllm.forward_context import ForwardContext, override_forward_context
+
+    return torch.topk(logits, top_k, dim=-1)[0].softmax(-1)
+
+
+def microbenchmark(layers: int = 4, experts: int = 4, top_k: int = 2) -> dict[int, dict]:
+    """The routing hot path alone, one thread: the per-layer record (one small op per MoE
+    layer, in the forward) and the once-per-step aggregation into the totals, as the server
+    runs them (eager: the worker's path with --enforce-eager, and the runtime of the custom op
+    under torch.compile minus the dispatcher)."""
+    import torch
 
     from mofe_serve.counters import RoutingCounters
 
     torch.set_num_threads(1)
-    counters = RoutingCounters(layers, experts, top_k)
+    counters = RoutingCounters(layers, experts, top_k, max_tokens=2048)
     counters.set_enabled(True)
-    print(f"\ncounter update alone (1 thread, {experts} experts, top-{top_k}), per MoE layer:")
+    print(f"\nrouting hot path alone (1 thread, {layers} layers, {experts} experts, "
+          f"top-{top_k}):")
     per_call = {}
     for tokens in (1, 16, 256, 2048):
         logits = torch.randn(tokens, experts)
         weights, ids = torch.topk(logits.softmax(-1), top_k)
         ids = ids.to(torch.int32)
-        # As in the server: vLLM's forward context carries a (here all-False) padding mask.
-        ctx = ForwardContext(no_compile_layers={}, attn_metadata={}, slot_mapping={},
-                             is_padding=torch.zeros(tokens, dtype=torch.bool))
-        n = 2000 if tokens <= 256 else 300
-        with override_forward_context(ctx):
-            for _ in range(50):
-                counters.record(0, ids, weights)
-            t0 = time.perf_counter()
-            for _ in range(n):
-                counters.record(0, ids, weights)
-            us = (time.perf_counter() - t0) / n * 1e6
-        t0 = time.perf_counter()
-        for _ in range(n):
-            torch.topk(logits, top_k, dim=-1)[0].softmax(-1)
-        ref = (time.perf_counter() - t0) / n * 1e6
-        print(f"  {tokens:5d} tokens: {us:7.1f} us  (vLLM's own CPU top-k+softmax: {ref:6.1f} us)")
-        per_call[tokens] = us
+        n = 5000 if tokens <= 256 else 500
+        record = _best_of(partial(counters.record, 0, ids, weights), n)
+        step = _best_of(partial(counters.end_step, tokens), max(n // 5, 100))
+        ref = _best_of(partial(_vllm_topk, logits, top_k), n)
+        print(f"  {tokens:5d} tokens: record {record:6.1f} us/layer, aggregate {step:6.1f} "
+              f"us/step  (vLLM's own CPU top-k+softmax: {ref:6.1f} us/layer)")
+        per_call[tokens] = {"record": record, "aggregate": step}
     return per_call
 
 
@@ -148,6 +175,9 @@ def main() -> None:
                     help="'mofe': A/A check, the baseline is a second mofe serve")
     ap.add_argument("--mofe-arg", action="append", default=[],
                     help="extra option for mofe serve only, e.g. --mofe-arg=--routing-poll-interval=10")
+    ap.add_argument("--mode", choices=["stock", "optin"], default="stock",
+                    help="'stock': stock vLLM vs mofe serve; 'optin': one mofe serve, every "
+                    "request asking for its routing summary vs none asking, alternating")
     ap.add_argument("--mofe-first", action="store_true",
                     help="start mofe serve before the stock server (start-order check)")
     opts = ap.parse_args()
@@ -175,14 +205,22 @@ def main() -> None:
     flags = ["--dtype", opts.dtype, "--no-enable-prefix-caching", "--kv-cache-memory-bytes",
              str(1 << 30), "--served-model-name", "bench", "--disable-uvicorn-access-log"]
     flags += ["--enforce-eager"] if opts.eager else []
-    servers = {}
+    servers: dict[str, ServerProcess] = {}
+    # arm name -> (server key, opt in); A is the baseline, B the measured arm
+    if opts.mode == "optin":
+        arms = {"none": ("mofe", False), "optin": ("mofe", True)}
+    else:
+        arms = {"stock": ("stock", False), "mofe": ("mofe", False)}
+    base, other_arm = list(arms)
     try:
         baseline = stock_server if opts.baseline == "stock" else (
             lambda c, log, f: MofeServer(c, log, extra=f))
         start = {"stock": lambda: baseline(ckpt, work / "stock.log", flags),
                  "mofe": lambda: MofeServer(ckpt, work / "mofe.log",
                                             extra=flags + opts.mofe_arg)}
-        for name in (["mofe", "stock"] if opts.mofe_first else ["stock", "mofe"]):
+        wanted = sorted({server for server, _ in arms.values()},
+                        key=lambda n: (n == "stock") == opts.mofe_first)
+        for name in wanted:
             servers[name] = start[name]()
             servers[name].wait_ready()
         from transformers import AutoConfig
@@ -192,48 +230,57 @@ def main() -> None:
         rng = random.Random(opts.seed)
         prompts = [[rng.randrange(10, vocab) for _ in range(opts.in_tokens)]
                    for _ in range(opts.requests)]
-        for name in servers:  # warm-up: one full run each (the first full run is slower)
+        for name, opt_in in arms.values():  # warm-up: one full run each
             asyncio.run(drive(servers[name].base_url, "bench", prompts, opts.concurrency,
-                              opts.out_tokens))
-        results = {"stock": [], "mofe": []}
+                              opts.out_tokens, opt_in))
+        results = {arm: [] for arm in arms}
         for i in range(opts.pairs):
-            order = ["stock", "mofe"] if i % 2 == 0 else ["mofe", "stock"]
-            for name in order:
+            order = [base, other_arm] if i % 2 == 0 else [other_arm, base]
+            for arm in order:
+                name, opt_in = arms[arm]
                 # Freeze the other server while this one is measured: every vLLM CPU worker
                 # is pinned to the same core, and an idle engine woken by the routing poller
                 # (an RPC per second) spins on its queue and steals that core.
-                other = servers["mofe" if name == "stock" else "stock"]
-                os.killpg(other.proc.pid, signal.SIGSTOP)
+                others = [s for n, s in servers.items() if n != name]
+                for other in others:
+                    os.killpg(other.proc.pid, signal.SIGSTOP)
                 try:
                     r = asyncio.run(drive(servers[name].base_url, "bench", prompts,
-                                          opts.concurrency, opts.out_tokens))
+                                          opts.concurrency, opts.out_tokens, opt_in))
                 finally:
-                    os.killpg(other.proc.pid, signal.SIGCONT)
-                results[name].append(r)
-                print(f"pair {i} {name:5s} {r['tok_s']:7.1f} tok/s  TTFT p50 "
+                    for other in others:
+                        os.killpg(other.proc.pid, signal.SIGCONT)
+                results[arm].append(r)
+                print(f"pair {i} {arm:5s} {r['tok_s']:7.1f} tok/s  TTFT p50 "
                       f"{r['ttft_p50']:.3f}s p99 {r['ttft_p99']:.3f}s  ITL(TPOT) p50 "
                       f"{r['itl_p50'] * 1e3:.1f}ms p99 {r['itl_p99'] * 1e3:.1f}ms", flush=True)
-        print(f"\n{opts.pairs} ABBA pairs, {opts.requests} requests, concurrency "
-              f"{opts.concurrency}, {opts.in_tokens} in / {opts.out_tokens} out, {opts.dtype}, "
-              f"{'eager' if opts.eager else 'compiled'}")
-        for key in ("tok_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99"):
-            stock = [r[key] for r in results["stock"]]
-            mofe = [r[key] for r in results["mofe"]]
-            ratio, half = mean_ci([m / s for m, s in zip(mofe, stock, strict=True)])
-            print(f"  {key:9s} stock {statistics.mean(stock):9.4f}  mofe "
-                  f"{statistics.mean(mofe):9.4f}  mofe/stock {ratio:.3f} +- {half:.3f}")
+        print(f"\n{opts.pairs} ABBA pairs ({other_arm} vs {base}), {opts.requests} requests, "
+              f"concurrency {opts.concurrency}, {opts.in_tokens} in / {opts.out_tokens} out, "
+              f"{opts.dtype}, {'eager' if opts.eager else 'compiled'}")
+        for key in ("tok_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "tail_p50",
+                    "tail_p99"):
+            a = [r[key] for r in results[base]]
+            b = [r[key] for r in results[other_arm]]
+            ratio, half = mean_ci([y / x for y, x in zip(b, a, strict=True)])
+            spread = (min(y / x for y, x in zip(b, a, strict=True)),
+                      max(y / x for y, x in zip(b, a, strict=True)))
+            print(f"  {key:9s} {base} {statistics.mean(a):9.4f}  {other_arm} "
+                  f"{statistics.mean(b):9.4f}  {other_arm}/{base} {ratio:.3f} +- {half:.3f} "
+                  f"(pairs {spread[0]:.3f}-{spread[1]:.3f})")
     finally:
         for server in servers.values():
             server.stop()
-        # Keep the two server logs, drop the (large) checkpoints.
+        # Keep the server logs, drop the (large) checkpoints.
         for big in ("cache", "bench-mofe"):
             shutil.rmtree(work / big, ignore_errors=True)
-        print(f"server logs: {work}/stock.log {work}/mofe.log")
+        print(f"server logs: {' '.join(str(work / (n + '.log')) for n in servers)}")
     per_call = microbenchmark(n_layers, config.num_local_experts, config.num_experts_per_tok)
-    step = statistics.median(r["itl_p50"] for r in results["stock"])
-    cost = n_layers * per_call[16] * 1e-6
-    print(f"\nestimate: {n_layers} layers x {per_call[16]:.1f} us = {cost * 1e3:.2f} ms per "
-          f"decode step of {step * 1e3:.1f} ms (stock TPOT p50): {100 * cost / step:.2f}%")
+    step = statistics.median(r["itl_p50"] for r in results[base])
+    hot = per_call[16]
+    cost = (n_layers * hot["record"] + hot["aggregate"]) * 1e-6
+    print(f"\nestimate: {n_layers} layers x {hot['record']:.1f} us + {hot['aggregate']:.1f} us "
+          f"= {cost * 1e3:.3f} ms per decode step of {step * 1e3:.1f} ms ({base} TPOT p50): "
+          f"{100 * cost / step:.2f}%")
 
 
 if __name__ == "__main__":

@@ -116,8 +116,13 @@ def _run_locked(cfg: BatchConfig, scorer, log, pre, label: str, dev, started: fl
         routed = (by_domain(delta(after, before), scorer.domains)
                   if before is not None and scorer.domains else None)
         tokens = sum(item.num_tokens for _, item in batch)
-        rows = [result_row(q, item, ll, routed, item.num_tokens / tokens)
-                for (q, item), ll in zip(batch, lls, strict=True)]
+        per_item = getattr(scorer, "item_routing", None)  # exact per question (--endpoint)
+        if per_item is not None:
+            rows = [result_row(q, item, ll, own, 1.0) for (q, item), ll, own
+                    in zip(batch, lls, per_item, strict=True)]
+        else:
+            rows = [result_row(q, item, ll, routed, item.num_tokens / tokens)
+                    for (q, item), ll in zip(batch, lls, strict=True)]
         writer.write_chunk(rows)
         counts["scored"] += len(rows)
         bar.update(len(rows))
@@ -179,6 +184,9 @@ def _run_locked(cfg: BatchConfig, scorer, log, pre, label: str, dev, started: fl
 
 
 def _granularity(cfg: BatchConfig, scorer) -> str:
+    own = getattr(scorer, "routing_granularity", None)
+    if own:
+        return own
     if not scorer.domains:
         return "none (the model has no MoFE routing counters, or scored via --endpoint)"
     if cfg.routing == "question":

@@ -39,7 +39,13 @@ class RoutingRpc:
     SNAPSHOT = "mofe_routing_snapshot"
     ENABLE = "mofe_routing_enable"
     RESET = "mofe_routing_reset"
-    ALL = (SNAPSHOT, ENABLE, RESET)
+    REQUESTS = "mofe_request_routing"  # pop per-request summaries by routing key
+    ALL = (SNAPSHOT, ENABLE, RESET, REQUESTS)
+
+
+# `SamplingParams.extra_args` key (a request's `vllm_xargs`) whose value, a key chosen by the
+# API server, asks the worker for a per-request routing summary (step_routing.py).
+REQUEST_ROUTING_XARG = "mofe_routing"
 
 
 # Seconds vLLM's engine-core and worker processes get to exit after SIGTERM before vLLM
@@ -92,6 +98,15 @@ def check_parallelism(pipeline_parallel_size: int | None,
             f"--data-parallel-size {data_parallel_size} is not supported: routing counts "
             "would cover one engine only. Run one `mofe serve` per replica behind a load "
             "balancer instead.")
+
+
+def check_ubatching(parallel_config) -> None:
+    """Refuse micro-batching (DBO): each micro-batch's MoE sees a slice of the step's tokens,
+    and the per-step routing buffer (counters.py) records every slice at rows [:slice]."""
+    if getattr(parallel_config, "use_ubatching", False):
+        raise EngineSetupError(
+            "--enable-dbo / --ubatch-size > 1 is not supported: micro-batches would "
+            "overwrite each other's rows in the per-step routing buffer. Drop the flag.")
 
 
 # --- KV cache on CPU ------------------------------------------------------------------------
@@ -210,6 +225,7 @@ def check_engine_config(vllm_config) -> KvCachePlan | None:
     """Every check and choice on a built `VllmConfig`; returns the KV plan to apply."""
     parallel = vllm_config.parallel_config
     check_parallelism(parallel.pipeline_parallel_size, parallel.data_parallel_size)
+    check_ubatching(parallel)
     plan = plan_cpu_kv_cache(vllm_config)
     if plan is not None:
         use_vllm_log_handlers()

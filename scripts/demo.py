@@ -1,8 +1,9 @@
 """`make demo`: the whole product end to end on a tiny model, offline, in a few minutes.
 
 tiny expert kit -> merge + frozen-FFN training -> verify -> register (alias prod) -> serve
--> chat through the official openai client -> routing table and PNG -> batch MedMCQA sample
-with report -> clean shutdown with no process left.
+-> chat through the official openai client, with that request's own routing summary ->
+routing table and PNG -> batch MedMCQA sample with report -> clean shutdown with no process
+left.
 """
 
 from __future__ import annotations
@@ -131,11 +132,18 @@ def main() -> None:
         client = OpenAI(base_url=base_url + "/v1", api_key=API_KEY)
         model = client.models.list().data[0].id
         console.rule("[bold]6. chat completion through the openai client")
+        # The request asks for its own routing summary (docs/serving.md).
         reply = client.chat.completions.create(
             model=model, max_tokens=32, temperature=0,
-            messages=[{"role": "user", "content": "What is metformin used for?"}])
+            messages=[{"role": "user", "content": "What is metformin used for?"}],
+            extra_body={"mofe": {"routing": True}})
         console.print(f"[bold]{model}[/]: {reply.choices[0].message.content!r}")
         console.print(f"usage: {reply.usage}")
+        mine = reply.mofe_routing
+        console.print(f"this request's routing: {mine['prompt_tokens']} prompt + "
+                      f"{mine['completion_tokens']} generated tokens forwarded; by domain "
+                      + ", ".join(f"{d}={v:.1%}" for d, v in mine["domains"].items())
+                      + f"; layer 0 tokens per expert {mine['tokens'][0]}")
         console.rule("[bold]7. routing per layer and domain")
         routing_report(base_url)
         step("8. batch MedMCQA sample", "batch", "tiny-mofe@prod", "--task", "medmcqa",

@@ -117,6 +117,13 @@ def panels() -> list[dict]:
             "expert {{expert}} ({{domain}})")], "short", w=8),
         series("Routing entropy per layer", [target(routing_entropy(WINDOW), "layer {{layer}}")],
             "percentunit", w=8),
+        # Over requests that asked for their routing summary (mofe_routing): how much of each
+        # request went to each domain; p10/p50/p90 per domain.
+        series("Per-request domain share (opted-in requests)", [
+            target(f"histogram_quantile({q}, sum by (le, domain) "
+                   f"(rate(mofe_request_domain_share_bucket{{{MOFE}}}{RATE})))",
+                   f"{{{{domain}}}} p{int(q * 100)}", ref)
+            for q, ref in ((0.1, "A"), (0.5, "B"), (0.9, "C"))], "percentunit", w=24),
         row("vLLM serving"),
         series("Throughput (tokens/s)", [
             target(f"sum(rate(vllm:generation_tokens_total{{{VLLM}}}{RATE}))", "generated", "A"),

@@ -1,7 +1,8 @@
 """`mofe batch --endpoint`: the same job against a real `mofe serve` via the openai client.
 
 The server is the session's shared one (tests/conftest.py), serving the same test model as
-the offline engine (`vllm_scorer`), so their scores must agree."""
+the offline engine (`vllm_scorer`), so their scores must agree. Its prefix caching is off, so
+each row's routing (per-request summaries, summed over its options) is exact."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mofe_batch.cli import batch_cli
+from training.test_models import DOMAINS, NUM_LAYERS, TOP_K
 
 from .conftest import write_jsonl
 
@@ -41,9 +43,16 @@ def test_endpoint_scores_match_offline_engine(mofe_server, tiny_mofe, vllm_score
                           vllm_scorer.max_len)
         offline = vllm_scorer.score([item])[0]
         assert list(remote[q.id]["loglikelihoods"].values()) == pytest.approx(offline, abs=1e-3)
+        # Exact per question: one request per option, each forwarding context + option.
+        routed = remote[q.id]["routed_tokens"]
+        assert set(routed) == set(DOMAINS)
+        sent = sum(len(item.context) + len(c) for c in item.continuations)
+        assert sum(routed.values()) == NUM_LAYERS * TOP_K * sent
+        assert sum(remote[q.id]["expert_share"].values()) == pytest.approx(1.0)
     report = json.loads(Path(str(out) + ".report.json").read_text())
     assert report["backend"] == "endpoint" and report["overall"]["n"] == 24
-    assert report["overall"]["expert_share"] is None  # a shared server: not attributed
+    assert report["routing_granularity"].startswith("per question")
+    assert sum(report["overall"]["expert_share"].values()) == pytest.approx(1.0)
 
 
 def test_endpoint_rejects_a_wrong_api_key(mofe_server, tiny_mofe, medmcqa_rows, tmp_path):

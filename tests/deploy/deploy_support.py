@@ -43,6 +43,8 @@ MOFE_METRICS = {
     "mofe_experts_idle": ("gauge", {"model", "layer"}),
     # Seconds since the server last read the worker's routing counters (stale-data alert).
     "mofe_routing_snapshot_age_seconds": ("gauge", {"model"}),
+    # Per request that opted in to its routing summary: each domain's share.
+    "mofe_request_domain_share": ("histogram", {"model", "domain"}),
 }
 # Grafana's built-in variables, replaced before parsing dashboard PromQL.
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__range": "1h", "$__interval": "1m"}

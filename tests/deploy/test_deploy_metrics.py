@@ -45,10 +45,13 @@ def scrape(state) -> dict[tuple[str, tuple], float]:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 
-    from mofe_serve.metrics import RoutingCollector
+    from mofe_serve.metrics import RequestDomainShare, RoutingCollector
 
     registry = CollectorRegistry()
     registry.register(RoutingCollector("mofe-tiny@1", DOMAINS, state.snapshot))
+    # One per-request summary observed, as the server does for each opted-in request.
+    RequestDomainShare("mofe-tiny@1", registry).observe(
+        {"domains": {"medical": 0.75, "general": 0.25}})
     text = generate_latest(registry).decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
@@ -103,6 +106,10 @@ def known(mofe_series, request) -> dict[str, set[str] | None]:
 
 def test_collector_exports_the_contract(mofe_series):
     for name, (kind, labels) in MOFE_METRICS.items():
+        if kind == "histogram":
+            assert mofe_series.get(name + "_bucket") == labels | {"le"}, name
+            assert mofe_series.get(name + "_count") == labels, name
+            continue
         exposed = name + "_total" if kind == "counter" else name
         assert mofe_series.get(exposed) == labels, exposed
 
@@ -142,6 +149,7 @@ def test_every_expression_parses_and_names_existing_series(expressions, known, r
     # key series (the window gauges are for people reading /metrics, see the next test).
     wanted = {n + "_total" for n, (k, _) in MOFE_METRICS.items() if k == "counter"}
     wanted.add("mofe_routing_snapshot_age_seconds")
+    wanted |= {n + "_bucket" for n, (k, _) in MOFE_METRICS.items() if k == "histogram"}
     assert wanted <= used, f"never queried: {wanted - used}"
     assert {"vllm:generation_tokens_total", "vllm:time_to_first_token_seconds_bucket",
             "vllm:inter_token_latency_seconds_bucket", "vllm:num_requests_waiting"} <= used

@@ -146,3 +146,23 @@ def test_dashboard_balance_panels_from_counters(rules_file):
             {"expr": dashboard_expr("Idle experts (dashboard range, all layers)"),
              "eval_time": "90m", "exp_samples": [{"labels": "{}", "value": 2}]},
         ]}])
+
+
+def test_dashboard_request_domain_share_panel(rules_file):
+    """The per-request domain-share panel over the histogram the server exports
+    (mofe_serve.metrics.RequestDomainShare): 10 opted-in requests a minute, each 75%
+    medical, put the medical p10 in the (0.7, 0.8] bucket at 0.71."""
+    from mofe_serve.metrics import DOMAIN_SHARE_BUCKETS
+
+    pod = f'model="{MODEL}",domain="medical",namespace="mofe",pod="mofe-serve-0"'
+    series = [{"series": f'mofe_request_domain_share_bucket{{{pod},le="{le}"}}',
+               "values": f"0+{10 if le >= 0.75 else 0}x{MINUTES}"}
+              for le in DOMAIN_SHARE_BUCKETS]
+    series.append({"series": f'mofe_request_domain_share_bucket{{{pod},le="+Inf"}}',
+                   "values": f"0+10x{MINUTES}"})
+    run_promtool(rules_file, [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{
+            "expr": dashboard_expr("Per-request domain share (opted-in requests)"),
+            "eval_time": "60m", "exp_samples": [{"labels": '{domain="medical"}',
+                                                 "value": 0.71}]}]}])

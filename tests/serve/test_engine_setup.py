@@ -160,3 +160,13 @@ def test_shutdown_stops_our_tasks_first_then_gives_processes_time():
     asyncio.run(main())
     assert calls == [("poller", None), ("engine", ENGINE_EXIT_GRACE_S),
                      ("engine", 5 + ENGINE_EXIT_GRACE_S)]
+
+
+def test_micro_batching_is_refused_naming_the_flag():
+    from vllm.config import ParallelConfig
+
+    from mofe_serve.engine import EngineSetupError, check_ubatching
+
+    check_ubatching(ParallelConfig())
+    with pytest.raises(EngineSetupError, match="--enable-dbo"):
+        check_ubatching(ParallelConfig(enable_dbo=True))
