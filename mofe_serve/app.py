@@ -6,8 +6,10 @@ function, so what they check is what the server runs.
 
 Middleware, outermost first (starlette's `user_middleware` order):
     vLLM's ScalingMiddleware, ApiKeyMiddleware (if a key is set), RequestActivity,
-    CORS, Prometheus instrumentator, ValidationBoundary
-so requests refused for a missing key never reach the routing poller's activity hook.
+    RoutingOptIn, CORS, Prometheus instrumentator, ValidationBoundary
+so requests refused for a missing key never reach the routing poller's activity hook nor
+the per-request routing opt-in (which reads `app.state.mofe_request_routing`, the
+launcher's `SummaryFetcher`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .auth import guard_all_routes
 from .errors import use_openai_errors
 from .openai_compat import router as openai_compat_router
 from .routing.api_router import RequestActivity, attach_router
+from .routing.opt_in import RoutingOptIn
 
 
 def build_mofe_app(args: Namespace, supported_tasks: tuple[str, ...], model_config,
@@ -37,5 +40,9 @@ def build_mofe_app(args: Namespace, supported_tasks: tuple[str, ...], model_conf
     activity_index = 0 if auth_index is None else auth_index + 1
     app.user_middleware.insert(activity_index,
                                Middleware(RequestActivity, on_activity=on_activity))
+    app.user_middleware.insert(
+        activity_index + 1,
+        Middleware(RoutingOptIn,
+                   fetcher=lambda: getattr(app.state, "mofe_request_routing", None)))
     app.middleware_stack = None  # build_app built it already: rebuilt on first request
     return app

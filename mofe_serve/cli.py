@@ -31,11 +31,14 @@ import click
               help="Per-expert counters per layer, or summed over layers (layer=\"all\").")
 @click.option("--routing-poll-interval", default=1.0, show_default=True, type=float,
               help="Seconds between reads of the worker's routing counters.")
+@click.option("--routing-access-log", is_flag=True,
+              help="Access log lines of requests that asked for their routing summary end "
+                   "with mofe_domain=DOMAIN:SHARE (their dominant domain).")
 @click.pass_context
 def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str | None,
               served_model_names: tuple[str, ...], enforce_eager: bool,
               routing_metrics_per_layer: bool, routing_poll_interval: float,
-              metrics_require_key: bool) -> None:
+              metrics_require_key: bool, routing_access_log: bool) -> None:
     """Serve REF (NAME, NAME@VERSION, NAME@ALIAS or a checkpoint path) with vLLM.
 
     Any further options (--dtype, --max-model-len, ...) go to vLLM's engine unchanged.
@@ -56,7 +59,8 @@ def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str |
         args = parse_vllm_args(argv)
         args.mofe_metrics_require_key = metrics_require_key  # read by mofe_serve.app
         routing = RoutingOptions(per_layer=routing_metrics_per_layer,
-                                 poll_interval_s=routing_poll_interval)
+                                 poll_interval_s=routing_poll_interval,
+                                 access_log_domain=routing_access_log)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"mofe serve: {served.names[0]} from {served.path}", err=True)

@@ -45,7 +45,13 @@ class RoutingRpc:
     SNAPSHOT = "mofe_routing_snapshot"
     ENABLE = "mofe_routing_enable"
     RESET = "mofe_routing_reset"
-    ALL = (SNAPSHOT, ENABLE, RESET)
+    REQUESTS = "mofe_request_routing"  # pop per-request summaries by routing key
+    ALL = (SNAPSHOT, ENABLE, RESET, REQUESTS)
+
+
+# `SamplingParams.extra_args` key (a request's `vllm_xargs`) whose value, a key chosen by the
+# API server, asks the worker for a per-request routing summary (step_routing.py).
+REQUEST_ROUTING_XARG = "mofe_routing"
 
 
 # Seconds vLLM's engine-core and worker processes get to exit after SIGTERM before vLLM

@@ -25,6 +25,8 @@ logger = logging.getLogger("mofe_serve")
 class RoutingOptions(BaseModel):
     per_layer: bool = Field(True, description="per-layer series; False: summed over layers")
     poll_interval_s: float = Field(1.0, gt=0, description="worker counter poll period")
+    access_log_domain: bool = Field(False, description="access log lines of opted-in "
+                                    "requests carry their dominant domain")
 
 
 def vllm_argv(served: ServedModel, host: str, port: int, api_key: str | None,
@@ -105,9 +107,10 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     from vllm.entrypoints.launchers.utils.server_utils import get_uvicorn_log_config
 
     from .app import build_mofe_app
-    from .metrics import RoutingCollector
+    from .metrics import RequestDomainShare, RoutingCollector
     from .openai_compat import install_openai_compat
     from .routing.poller import RoutingPoller
+    from .routing.request_summary import SummaryFetcher
     from .routing.serving import ServingRouting
     from .routing.state import RoutingState
 
@@ -126,6 +129,14 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     collector = RoutingCollector(served.names[0], served.domains, state.snapshot,
                                  per_layer=routing.per_layer)
     prometheus_client.REGISTRY.register(collector)
+    domain_share = RequestDomainShare(served.names[0], prometheus_client.REGISTRY)
+    fetcher = SummaryFetcher(engine_client, served.domains, on_summary=domain_share.observe)
+    if routing.access_log_domain:
+        from .routing import access_log
+
+        access_log.install()
+        fetcher.access_log = True
+    app.state.mofe_request_routing = fetcher
 
     uvicorn_kwargs = {}
     log_config = get_uvicorn_log_config(args)
@@ -147,3 +158,4 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     finally:
         await poller.stop()
         prometheus_client.REGISTRY.unregister(collector)
+        domain_share.unregister()

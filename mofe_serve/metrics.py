@@ -13,6 +13,9 @@ the engine. Metric names are a contract with deploy/ (dashboards, alerts): do no
     mofe_experts_idle{model,layer}        gauge, window: experts with no token
     mofe_routing_snapshot_age_seconds{model}  gauge: now - time of the last successful read
                                               of the worker counters (stale data alert)
+    mofe_request_domain_share{model,domain}   histogram over requests that asked for their
+                                              routing summary: each domain's share of the
+                                              request's routed slots
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .routing.state import RoutingSnapshot
@@ -125,3 +129,27 @@ class RoutingCollector:
                 tokens.add_metric(labels, t)
                 gate.add_metric(labels, g)
             routed.add_metric([self.model, layer], sum(layer_tokens) / snap.top_k)
+
+
+# Share buckets: fine near both ends, where "almost all medical" vs "all medical" matters.
+DOMAIN_SHARE_BUCKETS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+
+
+class RequestDomainShare:
+    """`mofe_request_domain_share{model,domain}`: one observation per domain per request
+    summary (requests that opted in to per-request routing; mofe_serve.routing.opt_in)."""
+
+    def __init__(self, model: str, registry: CollectorRegistry):
+        self.model, self.registry = model, registry
+        self.histogram = Histogram(
+            "mofe_request_domain_share", "Per request that asked for its routing summary: "
+            "share of its routed slots (all layers, all top-k choices) that went to each "
+            "domain's experts", ["model", "domain"], buckets=DOMAIN_SHARE_BUCKETS,
+            registry=registry)
+
+    def observe(self, summary: dict) -> None:
+        for domain, share in summary["domains"].items():
+            self.histogram.labels(self.model, domain).observe(share)
+
+    def unregister(self) -> None:
+        self.registry.unregister(self.histogram)

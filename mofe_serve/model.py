@@ -3,7 +3,8 @@ checkpoint layouts.
 
 Everything numeric stays vLLM's: the gate, the FusedMoE layer, its kernels and its router.
 We only wrap each layer's router so the (topk_ids, topk_weights) it already computed are
-also added to device-side counters (counters.py). Wrapping the router, rather than
+also copied into the per-step routing buffer (counters.py), aggregated once per step
+after the forward (step_routing.py). Wrapping the router, rather than
 recomputing top-k from the logits, counts exactly the experts the fused kernel ran.
 
 Loading: vLLM's Mixtral reads the per-expert layout only. `load_weights` hands each fused
@@ -63,8 +64,10 @@ class MoFEMixtralForCausalLM(MixtralForCausalLM):
             raise ValueError("MoFEMixtralForCausalLM counts logical experts; EPLB is not "
                              "supported (drop --enable-eplb)")
         # A submodule of the compiled MixtralModel, so its buffers are ordinary graph inputs.
+        # The per-step buffer holds the largest step the runner schedules.
         self.model.mofe_counters = RoutingCounters(
-            config.num_hidden_layers, config.num_local_experts, config.num_experts_per_tok)
+            config.num_hidden_layers, config.num_local_experts, config.num_experts_per_tok,
+            max_tokens=vllm_config.scheduler_config.max_num_batched_tokens)
         for index, layer in enumerate(self.model.layers):
             if isinstance(layer, PPMissingLayer):
                 continue
