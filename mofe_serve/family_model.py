@@ -188,6 +188,8 @@ class MoFEFamilyMixtralForCausalLM(MoFEMixtralForCausalLM):
         index = VariantIndex(vllm_config.scheduler_config.max_num_batched_tokens, num_variants)
         # On the compiled MixtralModel, so the buffer is an ordinary graph input.
         self.model.mofe_variant_index = index
+        # Routing totals per variant (mofe_expert_* series carry the variant's name).
+        self.mofe_counters.set_variants(index.token_variant, num_variants)
 
         def per_variant(module: nn.Module, make, copy_inputs: bool = False) -> PerVariant:
             # Variant 0 keeps vLLM's module; the others get new ones built as vLLM's Mixtral

@@ -83,6 +83,10 @@ class FamilyRunnerMixin:
             index.token_variant[:num_tokens].copy_(host[:num_tokens], non_blocking=True)
         # One logits row per request, in batch order (no speculative decoding).
         variants = np.unique(req_variant)
+        if variants.shape[0] > 1 and not getattr(self, "_mofe_mixed_logged", False):
+            self._mofe_mixed_logged = True
+            logger.info("family: first step mixing %d variants (%d tokens, %d requests) in "
+                        "one forward pass", variants.shape[0], num_tokens, num_reqs)
         if variants.shape[0] == 1:
             groups = ((int(variants[0]), None),)
         else:
@@ -132,6 +136,9 @@ def family_runner_class(base: type) -> type:
 
 class FamilyWorker(_PlatformWorker):
     def init_device(self) -> None:
+        from .engine import use_vllm_log_handlers
+
+        use_vllm_log_handlers()  # our log lines in the worker appear among vLLM's
         super().init_device()
         if getattr(self, "use_v2_model_runner", False):
             raise RuntimeError("serving a MoFE family needs vLLM's V1 model runner "
