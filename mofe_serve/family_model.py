@@ -135,9 +135,10 @@ def read_non_expert_tensors(ckpt: Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, fh.get_tensor(name)
 
 
-def _non_expert_modules(config, quant_config, prefix: str) -> dict:
+def _non_expert_modules(config, quant_config) -> dict:
     """Builders of one variant's non-expert modules, with the classes and arguments of vLLM
-    0.32's Mixtral (vllm/model_executor/models/mixtral.py): keep in step with it."""
+    0.32's Mixtral (vllm/model_executor/models/mixtral.py): keep in step with it. Each takes
+    variant 0's module (for its shape and prefix) and the variant index."""
     from vllm.model_executor.layers.fused_moe.router.gate_linear import GateLinear
     from vllm.model_executor.layers.layernorm import RMSNorm
     from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
@@ -147,26 +148,23 @@ def _non_expert_modules(config, quant_config, prefix: str) -> dict:
     )
 
     hidden = config.hidden_size
-    base = f"{prefix}." if prefix else ""
 
-    def layer_prefix(i: int, v: int, what: str) -> str:
-        return f"{base}model.layers.{i}.{what}.variants.{v}"
+    def prefix(module: nn.Module, v: int) -> str:
+        return f"{module.prefix}.variants.{v}"
 
     return {
-        "embed_tokens": lambda v: VocabParallelEmbedding(config.vocab_size, hidden),
-        "norm": lambda v: RMSNorm(hidden, eps=config.rms_norm_eps),
-        "qkv_proj": lambda i, attn, v: QKVParallelLinear(
+        "embed_tokens": lambda m, v: VocabParallelEmbedding(config.vocab_size, hidden),
+        "norm": lambda m, v: RMSNorm(hidden, eps=config.rms_norm_eps),
+        "qkv_proj": lambda attn, m, v: QKVParallelLinear(
             hidden, attn.head_dim, attn.total_num_heads, attn.total_num_kv_heads, bias=False,
-            quant_config=quant_config, prefix=layer_prefix(i, v, "self_attn.qkv_proj")),
-        "o_proj": lambda i, attn, v: RowParallelLinear(
+            quant_config=quant_config, prefix=prefix(m, v)),
+        "o_proj": lambda attn, m, v: RowParallelLinear(
             attn.total_num_heads * attn.head_dim, hidden, bias=False,
-            quant_config=quant_config, prefix=layer_prefix(i, v, "self_attn.o_proj")),
-        "gate": lambda i, v: GateLinear(
-            hidden, config.num_local_experts, params_dtype=None,
-            prefix=layer_prefix(i, v, "block_sparse_moe.gate")),
-        "lm_head": lambda v: ParallelLMHead(
-            config.vocab_size, hidden, quant_config=quant_config,
-            prefix=f"{base}lm_head.variants.{v}"),
+            quant_config=quant_config, prefix=prefix(m, v)),
+        "gate": lambda m, v: GateLinear(hidden, config.num_local_experts, params_dtype=None,
+                                        prefix=prefix(m, v)),
+        "lm_head": lambda m, v: ParallelLMHead(config.vocab_size, hidden,
+                                               quant_config=quant_config, prefix=prefix(m, v)),
     }
 
 
@@ -194,19 +192,19 @@ class MoFEFamilyMixtralForCausalLM(MoFEMixtralForCausalLM):
         def per_variant(module: nn.Module, make, copy_inputs: bool = False) -> PerVariant:
             # Variant 0 keeps vLLM's module; the others get new ones built as vLLM's Mixtral
             # builds it (same classes and arguments, see _non_expert_modules).
-            return PerVariant([module, *(make(v) for v in range(1, num_variants))], index,
-                              copy_inputs)
+            return PerVariant([module, *(make(module, v) for v in range(1, num_variants))],
+                              index, copy_inputs)
 
-        make = _non_expert_modules(config, vllm_config.quant_config, prefix)
+        make = _non_expert_modules(config, vllm_config.quant_config)
         self.model.embed_tokens = per_variant(self.model.embed_tokens, make["embed_tokens"])
         self.model.norm = per_variant(self.model.norm, make["norm"], copy_inputs=True)
-        for i, layer in enumerate(self.model.layers):
+        for layer in self.model.layers:
             if isinstance(layer, PPMissingLayer):
                 continue
             attn, moe = layer.self_attn, layer.block_sparse_moe
-            attn.qkv_proj = per_variant(attn.qkv_proj, partial(make["qkv_proj"], i, attn))
-            attn.o_proj = per_variant(attn.o_proj, partial(make["o_proj"], i, attn))
-            moe.gate = per_variant(moe.gate, partial(make["gate"], i))
+            attn.qkv_proj = per_variant(attn.qkv_proj, partial(make["qkv_proj"], attn))
+            attn.o_proj = per_variant(attn.o_proj, partial(make["o_proj"], attn))
+            moe.gate = per_variant(moe.gate, make["gate"])
             layer.input_layernorm = per_variant(layer.input_layernorm, make["norm"],
                                                 copy_inputs=True)
             layer.post_attention_layernorm = per_variant(layer.post_attention_layernorm,
