@@ -137,3 +137,67 @@ def test_routing_per_variant_state_api_and_metrics():
               for s in families["mofe_expert_tokens"]}
     assert tokens == {("a@1", "0", "medical"): 5, ("a@1", "1", "general"): 0,
                       ("b@2", "0", "unknown"): 0, ("b@2", "1", "unknown"): 7}
+
+
+def _linear_family(num_variants: int = 3, dim: int = 8):
+    import torch
+
+    from mofe_serve.family_model import PerVariant, VariantIndex
+
+    torch.manual_seed(0)
+    index = VariantIndex(max_num_tokens=16, num_variants=num_variants)
+    linears = [torch.nn.Linear(dim, dim) for _ in range(num_variants)]
+    return index, linears, PerVariant(linears, index)
+
+
+def test_each_token_goes_through_its_own_variant():
+    import torch
+
+    index, linears, site = _linear_family()
+    x = torch.randn(7, 8)
+    variant = torch.tensor([2, 0, 1, 1, 2, 0, 0])
+    index.token_variant[:7] = variant
+    index.token_variant[7:] = 1  # rows of earlier, larger steps: never read
+    out = site(x)
+    full = [linear(x) for linear in linears]  # each variant on the whole step
+    for t in range(7):
+        assert torch.equal(out[t], full[int(variant[t])][t])
+
+
+def test_compiled_forward_reads_the_index_of_each_step():
+    """The index is a buffer the worker rewrites between steps: a compiled graph must read
+    its current contents (a graph input), not a constant captured at compile time."""
+    import torch
+
+    index, linears, site = _linear_family()
+    compiled = torch.compile(site, fullgraph=True, dynamic=True)
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        for step in ([0, 1, 2, 0, 1], [2, 2, 2, 2, 2], [1, 0, 2, 2, 0]):
+            index.token_variant[:5] = torch.tensor(step)
+            want = torch.stack([linears[v](x[t]) for t, v in enumerate(step)])
+            assert torch.allclose(compiled(x), want, atol=1e-6)
+
+
+def test_in_place_norm_sees_unchanged_inputs():
+    """vLLM's fused add+RMSNorm updates its inputs in place: each variant gets a copy."""
+    import torch
+
+    from mofe_serve.family_model import PerVariant, VariantIndex
+
+    class AddInPlace(torch.nn.Module):
+        def __init__(self, scale: float):
+            super().__init__()
+            self.scale = scale
+
+        def forward(self, x, residual):
+            residual.add_(x)
+            return residual * self.scale, residual
+
+    index = VariantIndex(4, 2)
+    index.token_variant[:3] = torch.tensor([0, 1, 1])
+    site = PerVariant([AddInPlace(1.0), AddInPlace(2.0)], index, copy_inputs=True)
+    x, residual = torch.ones(3, 2), torch.ones(3, 2)
+    out, res = site(x, residual)
+    assert torch.equal(out, torch.tensor([[2.0, 2.0], [4.0, 4.0], [4.0, 4.0]]))
+    assert torch.equal(res, torch.full((3, 2), 2.0)) and torch.equal(residual, torch.ones(3, 2))
