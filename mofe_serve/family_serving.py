@@ -36,6 +36,11 @@ class VariantNotSet(ValueError):
     route that does not name a model)."""
 
 
+def request_variant_name() -> str | None:
+    """NAME@VERSION of the variant the current request asked for (None outside one)."""
+    return _REQUEST_VARIANT.get()
+
+
 def _set_variant(request, family: Family) -> None:
     variant = family.variant_of(getattr(request, "model", None) or "")
     if variant is None:

@@ -147,7 +147,11 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     collector = RoutingCollector.for_models(
         [(r.name, r.domains, r.state.snapshot) for r in routed], per_layer=routing.per_layer)
     prometheus_client.REGISTRY.register(collector)
-    domain_share = RequestDomainShare(served.names[0], prometheus_client.REGISTRY)
+    model_of_request = None
+    if family:
+        from .family_serving import request_variant_name as model_of_request
+    domain_share = RequestDomainShare(served.names[0], prometheus_client.REGISTRY,
+                                      model_of_request)
     fetcher = SummaryFetcher(engine_client, served.domains, on_summary=domain_share.observe)
     if routing.access_log_domain:
         from .routing import access_log

@@ -159,8 +159,12 @@ class RequestDomainShare:
     """`mofe_request_domain_share{model,domain}`: one observation per domain per request
     summary (requests that opted in to per-request routing; mofe_serve.routing.opt_in)."""
 
-    def __init__(self, model: str, registry: CollectorRegistry):
+    def __init__(self, model: str, registry: CollectorRegistry,
+                 model_of_request: Callable[[], str | None] | None = None):
+        # model_of_request: the current request's model on a server running several (a
+        # family), else None and every observation carries `model`.
         self.model, self.registry = model, registry
+        self.model_of_request = model_of_request or (lambda: None)
         self.histogram = Histogram(
             "mofe_request_domain_share", "Per request that asked for its routing summary: "
             "share of its routed slots (all layers, all top-k choices) that went to each "
@@ -168,8 +172,9 @@ class RequestDomainShare:
             registry=registry)
 
     def observe(self, summary: dict) -> None:
+        model = self.model_of_request() or self.model
         for domain, share in summary["domains"].items():
-            self.histogram.labels(self.model, domain).observe(share)
+            self.histogram.labels(model, domain).observe(share)
 
     def unregister(self) -> None:
         self.registry.unregister(self.histogram)
