@@ -22,6 +22,7 @@ BENCHMARKS = {
     "batch_qa": ["batch_qa.py"],
     "train_methods": ["train_methods.py"],
     "startup": ["startup.py"],
+    "family_serving": ["family_serving.py", "--pairs", "4", "--eager"],
 }
 
 
