@@ -23,6 +23,7 @@ BENCHMARKS = {
     "train_methods": ["train_methods.py"],
     "startup": ["startup.py"],
     "registry_dedup": ["registry_dedup.py", "--rounds", "2"],
+    "family_serving": ["family_serving.py", "--pairs", "4", "--eager"],
 }
 
 

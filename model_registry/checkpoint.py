@@ -350,6 +350,28 @@ def expert_hashes(ckpt: Path, as_dtype: str | None = None) -> dict[int, dict[str
     return out
 
 
+
+def non_expert_tensors(ckpt: Path) -> list[TensorInfo]:
+    """Every tensor of a checkpoint that is not an expert FFN (embeddings, attention, norms,
+    routers, lm_head), in natural order: what differs between variants of one family. A
+    reader of these never touches the expert bytes."""
+    tensors = read_all_headers(ckpt)
+    return [tensors[n] for n in sorted(tensors, key=_natural_key)
+            if (p := parse_name(n)) is None or p.kind == "router"]
+
+
+def first_expert_difference(a: dict[int, dict[str, str]],
+                            b: dict[int, dict[str, str]]) -> tuple[int, str] | None:
+    """(expert, "<layer>.<proj>") of the first expert tensor whose hash differs between two
+    `expert_hashes` results (missing on either side counts), in expert then layer order;
+    None when every expert tensor is identical."""
+    for expert in sorted(set(a) | set(b)):
+        ta, tb = a.get(expert, {}), b.get(expert, {})
+        for key in sorted(set(ta) | set(tb), key=_natural_key):
+            if ta.get(key) != tb.get(key):
+                return expert, key
+    return None
+
 # ---- the dtype rule of the frozen claim -------------------------------------------------
 FLOAT_CODES = ("F32", "BF16", "F16")
 

@@ -1,4 +1,6 @@
-"""`mofe serve REF`: vLLM's OpenAI-compatible server with MoFE routing metrics.
+"""`mofe serve REF [REF ...]`: vLLM's OpenAI-compatible server with MoFE routing metrics.
+
+Several REFs (variants of one MoFE family) are served by one engine (mofe_serve.family).
 
 Imports nothing heavy at module level: vLLM is imported once the command runs.
 """
@@ -16,6 +18,9 @@ import click
                           help_option_names=["-h", "--help"]),
 )
 @click.argument("ref")
+@click.option("--family", "whole_family", is_flag=True,
+              help="Serve every variant of REF's family (the registry's Registry.family): "
+                   "one REF only.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--api-key", default=None, envvar="MOFE_API_KEY",
@@ -38,8 +43,13 @@ import click
 def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str | None,
               served_model_names: tuple[str, ...], enforce_eager: bool,
               routing_metrics_per_layer: bool, routing_poll_interval: float,
-              metrics_require_key: bool, routing_access_log: bool) -> None:
+              metrics_require_key: bool, routing_access_log: bool,
+              whole_family: bool) -> None:
     """Serve REF (NAME, NAME@VERSION, NAME@ALIAS or a checkpoint path) with vLLM.
+
+    Several REFs (`mofe serve a@prod b@prod c@3 --dtype ...`, REFs first) serve variants of
+    one family from one engine: every REF must have the same expert tensors. Each is served
+    under NAME@VERSION and the REF as typed; a request's `model` picks its variant.
 
     Any further options (--dtype, --max-model-len, ...) go to vLLM's engine unchanged.
     Extra routes: GET /v1/routing, POST /v1/routing/reset; mofe_* series on /metrics.
@@ -50,11 +60,32 @@ def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str |
 
     if metrics_require_key and not (api_key or os.environ.get("VLLM_API_KEY")):
         raise click.UsageError("--metrics-require-key needs --api-key (or MOFE_API_KEY)")
+    refs, extra = _leading_refs(ref, list(ctx.args))
+    if whole_family:
+        if len(refs) > 1:
+            raise click.UsageError("--family takes one REF (its family is served)")
+        refs = family_members(refs[0])
+    if len(refs) > 1 and served_model_names:
+        raise click.UsageError("--served-model-name applies to one REF; each variant of a "
+                               "family is served under NAME@VERSION and its REF")
+    family = None
     try:
-        served = resolve_served_model(ref, list(served_model_names))
+        variants = [resolve_served_model(r, list(served_model_names)) for r in refs]
+        if whole_family:  # REF and its family's entry for the same version: serve it once
+            seen, kept = set(), []
+            for variant, r in zip(variants, refs, strict=True):
+                if variant.path not in seen:
+                    seen.add(variant.path)
+                    kept.append((variant, r))
+            variants, refs = [v for v, _ in kept], [r for _, r in kept]
+        if len(variants) > 1:
+            from .family import build_family
+
+            family = build_family(variants, refs)
     except (LookupError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
-    argv = vllm_argv(served, host, port, api_key, enforce_eager, list(ctx.args))
+    served = variants[0]
+    argv = vllm_argv(served, host, port, api_key, enforce_eager, extra, family=family)
     try:
         args = parse_vllm_args(argv)
         args.mofe_metrics_require_key = metrics_require_key  # read by mofe_serve.app
@@ -63,8 +94,37 @@ def serve_cli(ctx: click.Context, ref: str, host: str, port: int, api_key: str |
                                  access_log_domain=routing_access_log)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"mofe serve: {served.names[0]} from {served.path}", err=True)
+    for variant in variants:
+        click.echo(f"mofe serve: {variant.names[0]} from {variant.path}", err=True)
     try:
-        run(args, served, routing)
+        run(args, served, routing, family)
     except EngineSetupError as exc:  # refused before any engine process started
         raise click.ClickException(str(exc)) from exc
+
+
+def _leading_refs(ref: str, args: list[str]) -> tuple[list[str], list[str]]:
+    """(REFs, vLLM arguments): the REFs are the first argument and every argument after it
+    up to the first option."""
+    refs = [ref]
+    while args and not args[0].startswith("-"):
+        refs.append(args.pop(0))
+    return refs, args
+
+
+def family_members(ref: str) -> list[str]:
+    """The REFs of every variant in `ref`'s family, `ref`'s own first.
+
+    SEAM: the family query belongs to the model registry (`Registry.family`, issue 7 of the
+    registry work, another branch). Until that method exists on this branch, --family
+    says so instead of guessing."""
+    from model_registry.registry import Registry
+
+    family = getattr(Registry, "family", None)
+    if family is None:
+        raise click.UsageError("--family needs the model registry's Registry.family, which "
+                               "this installation does not have yet; list the variants' "
+                               "REFs instead (mofe serve a@prod b@prod ...)")
+    with Registry(read_only=True) as registry:
+        members = family(registry, ref)
+    refs = [getattr(m, "ref", None) or str(m) for m in members]
+    return [ref] + [r for r in refs if r != ref]

@@ -90,6 +90,21 @@ class RoutingCounters(nn.Module):
         self.register_buffer("one", torch.ones(1, dtype=torch.int64), persistent=False)
         self.enabled = False  # host flag: start-up and warm-up count nothing
         self._views: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        # Several models in one engine (a MoFE family): totals per variant, grouped by the
+        # model's per-token variant index (set_variants).
+        self.num_variants = 1
+        self._token_variant: tuple[torch.Tensor, ...] = ()
+
+    def set_variants(self, token_variant: torch.Tensor, num_variants: int) -> None:
+        """Keep the totals per variant, [variant][layer][expert], grouping each step's tokens
+        by `token_variant` (the family model's per-token variant buffer, filled before each
+        step). Called at model construction, before anything is counted."""
+        size = num_variants * self.num_layers * self.num_experts
+        device = self.tokens.device
+        self.tokens = torch.zeros(size, dtype=torch.int64, device=device)
+        self.gate_weight = torch.zeros(size, dtype=torch.float64, device=device)
+        self.num_variants = num_variants
+        self._token_variant = (token_variant,)  # a tuple: not a second buffer of this module
 
     def _apply(self, fn, *args, **kwargs):
         self._views.clear()  # buffers are replaced when the module moves
@@ -151,10 +166,13 @@ class RoutingCounters(nn.Module):
                 gate_out[:rows * per_group].view(shape)[:num_groups])
 
     def end_step(self, num_tokens: int) -> None:
-        """Add the step's first `num_tokens` rows to the server-wide totals (if enabled)."""
+        """Add the step's first `num_tokens` rows to the server-wide totals (if enabled),
+        per variant when the model serves several."""
         if self.enabled and num_tokens:
+            group = self._token_variant[0][:num_tokens] if self._token_variant else None
             aggregate_step(self.step_ids, self.step_weights, self.layer_offset, self.one,
-                           num_tokens, None, 0, self.tokens, self.gate_weight)
+                           num_tokens, group, self.num_layers * self.num_experts,
+                           self.tokens, self.gate_weight)
 
     # --- host-side control, between engine steps (worker RPC), never per token ---------------
     def set_enabled(self, on: bool) -> None:
@@ -165,10 +183,17 @@ class RoutingCounters(nn.Module):
         self.gate_weight.zero_()
 
     def snapshot(self) -> dict:
-        shape = (self.num_layers, self.num_experts)
-        return {
+        """Cumulative totals, [layer][expert] (summed over variants); with several variants
+        also `variants`: one {"tokens", "gate_weight"} per variant index."""
+        shape = (self.num_variants, self.num_layers, self.num_experts)
+        tokens, gate = self.tokens.view(shape), self.gate_weight.view(shape)
+        out = {
             "num_layers": self.num_layers, "num_experts": self.num_experts, "top_k": self.top_k,
             "enabled": self.enabled,
-            "tokens": self.tokens.view(shape).tolist(),
-            "gate_weight": self.gate_weight.view(shape).tolist(),
+            "tokens": tokens.sum(0).tolist(),
+            "gate_weight": gate.sum(0).tolist(),
         }
+        if self.num_variants > 1:
+            out["variants"] = [{"tokens": t, "gate_weight": g}
+                               for t, g in zip(tokens.tolist(), gate.tolist(), strict=True)]
+        return out

@@ -31,6 +31,12 @@ logger = logging.getLogger("mofe_serve.engine")
 ARCHITECTURE = "MoFEMixtralForCausalLM"
 MODEL_CLASS = "mofe_serve.model:MoFEMixtralForCausalLM"
 WORKER_EXTENSION = "mofe_serve.worker_ext.RoutingWorkerExtension"
+# Several variants of one family in one engine (mofe_serve.family_model, docs/serving.md).
+FAMILY_ARCHITECTURE = "MoFEFamilyMixtralForCausalLM"
+FAMILY_MODEL_CLASS = "mofe_serve.family_model:MoFEFamilyMixtralForCausalLM"
+FAMILY_WORKER = "mofe_serve.family_worker.FamilyWorker"
+FAMILY_CONFIG_KEY = "mofe_family"  # hf_config attribute: the variants' checkpoint paths
+VARIANT_ARG = "mofe_variant"  # SamplingParams.extra_args key: a request's variant index
 
 
 class RoutingRpc:
@@ -63,19 +69,29 @@ class EngineSetupError(ValueError):
     """An engine configuration `mofe serve` / `mofe batch` refuses; the message names the flag."""
 
 
-def counting_engine_kwargs() -> dict[str, Any]:
-    """`vllm.LLM` / `EngineArgs` keyword arguments selecting the counting model and its RPCs."""
+def counting_engine_kwargs(family: list | None = None) -> dict[str, Any]:
+    """`vllm.LLM` / `EngineArgs` keyword arguments selecting the counting model and its RPCs.
+
+    `family`: the checkpoint directories of several variants of one family (the first is
+    the one vLLM loads); they are served by the family model and worker."""
+    if family is not None and len(family) > 1:
+        return {"hf_overrides": {"architectures": [FAMILY_ARCHITECTURE],
+                                 FAMILY_CONFIG_KEY: [str(p) for p in family]},
+                "worker_extension_cls": WORKER_EXTENSION, "worker_cls": FAMILY_WORKER}
     return {"hf_overrides": {"architectures": [ARCHITECTURE]},
             "worker_extension_cls": WORKER_EXTENSION}
 
 
-def counting_cli_args() -> list[str]:
+def counting_cli_args(family: list | None = None) -> list[str]:
     """The same selection as vLLM command-line arguments."""
     import json
 
-    kwargs = counting_engine_kwargs()
-    return ["--hf-overrides", json.dumps(kwargs["hf_overrides"]),
+    kwargs = counting_engine_kwargs(family)
+    argv = ["--hf-overrides", json.dumps(kwargs["hf_overrides"]),
             "--worker-extension-cls", kwargs["worker_extension_cls"]]
+    if "worker_cls" in kwargs:
+        argv += ["--worker-cls", kwargs["worker_cls"]]
+    return argv
 
 
 # --- parallelism ---------------------------------------------------------------------------
@@ -183,6 +199,11 @@ def weights_bytes(model_config) -> int:
     files = (list(path.glob("*.safetensors")) or list(path.glob("*.bin"))
              if path.is_dir() else [])
     size = sum(f.stat().st_size for f in files)
+    # A family engine also holds the other variants' non-expert tensors (not their experts).
+    for other in (getattr(model_config.hf_config, FAMILY_CONFIG_KEY, None) or [])[1:]:
+        from model_registry.checkpoint import non_expert_tensors
+
+        size += sum(t.end - t.start for t in non_expert_tensors(Path(other)))
     stored = getattr(model_config.hf_config, "dtype", None)
     if isinstance(stored, str):
         stored = getattr(torch, stored, None)
@@ -249,16 +270,18 @@ def prepare_server_args(args) -> KvCachePlan | None:
     return plan
 
 
-def build_llm(model: str, count_routing: bool = True, **kwargs):
+def build_llm(model: str, count_routing: bool = True, family: list | None = None, **kwargs):
     """A `vllm.LLM` for `model` (the counting model unless `count_routing` is False), with
-    the same checks and KV-cache sizing as `mofe serve`."""
+    the same checks and KV-cache sizing as `mofe serve`. `family`: checkpoint directories of
+    several variants (the first is `model`), served by one family engine; each request then
+    names its variant in `SamplingParams.extra_args[VARIANT_ARG]`."""
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
     from vllm.usage.usage_lib import UsageContext
 
     check_parallelism(kwargs.get("pipeline_parallel_size"), kwargs.get("data_parallel_size"))
     if count_routing:
-        kwargs.update(counting_engine_kwargs())
+        kwargs.update(counting_engine_kwargs(family))
     config = EngineArgs(model=model, **kwargs).create_engine_config(UsageContext.LLM_CLASS)
     plan = check_engine_config(config)
     if plan is not None:

@@ -17,6 +17,7 @@ from argparse import Namespace
 from pydantic import BaseModel, Field
 
 from .engine import counting_cli_args
+from .family import Family
 from .resolve import ServedModel
 
 logger = logging.getLogger("mofe_serve")
@@ -30,9 +31,14 @@ class RoutingOptions(BaseModel):
 
 
 def vllm_argv(served: ServedModel, host: str, port: int, api_key: str | None,
-              enforce_eager: bool, extra: list[str]) -> list[str]:
+              enforce_eager: bool, extra: list[str], family: Family | None = None
+              ) -> list[str]:
+    """vLLM's arguments for `served`; for a family (several variants, `served` its first),
+    every variant's names and the family model and worker."""
+    names = family.all_names if family else served.names
+    paths = family.paths if family else None
     argv = ["--model", str(served.path), "--host", host, "--port", str(port),
-            "--served-model-name", *served.names, *counting_cli_args()]
+            "--served-model-name", *names, *counting_cli_args(paths)]
     if api_key:
         argv += ["--api-key", api_key]
     if enforce_eager:
@@ -56,7 +62,8 @@ def parse_vllm_args(argv: list[str]) -> Namespace:
     return args
 
 
-def run(args: Namespace, served: ServedModel, routing: RoutingOptions) -> None:
+def run(args: Namespace, served: ServedModel, routing: RoutingOptions,
+        family: Family | None = None) -> None:
     import uvloop
     from vllm.entrypoints.serve.utils.api_utils import cli_env_setup
     from vllm.logger import configure_logging_from_args
@@ -68,10 +75,11 @@ def run(args: Namespace, served: ServedModel, routing: RoutingOptions) -> None:
     configure_logging_from_args(args)
     use_vllm_log_handlers()
     prepare_server_args(args)  # refuses what we cannot count; sizes the KV cache on CPU
-    uvloop.run(serve(args, served, routing))
+    uvloop.run(serve(args, served, routing, family))
 
 
-async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions) -> None:
+async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions,
+                family: Family | None = None) -> None:
     from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
     from vllm.entrypoints.launchers.launcher import setup_server
     from vllm.utils.system_utils import decorate_logs
@@ -91,7 +99,7 @@ async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions) -
         stop_first: list = []
         shut_down_in_order(engine_client, asyncio.get_running_loop(), stop_first)
         shutdown_task = await _build_and_serve(engine_client, listen_address, sock, args,
-                                               served, routing, stop_first)
+                                               served, routing, stop_first, family)
     try:
         await shutdown_task
     finally:
@@ -99,7 +107,7 @@ async def serve(args: Namespace, served: ServedModel, routing: RoutingOptions) -
 
 
 async def _build_and_serve(engine_client, listen_address, sock, args, served, routing,
-                           stop_first: list):
+                           stop_first: list, family: Family | None = None):
     import prometheus_client
     from vllm import envs
     from vllm.entrypoints.launchers.api_server.app_state import init_app_state
@@ -111,25 +119,39 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     from .openai_compat import install_openai_compat
     from .routing.poller import RoutingPoller
     from .routing.request_summary import SummaryFetcher
-    from .routing.serving import ServingRouting
-    from .routing.state import RoutingState
+    from .routing.serving import RoutedModel, ServingRouting
+    from .routing.state import RoutingState, VariantRoutingStates
 
     hf_config = engine_client.model_config.hf_config
-    state = RoutingState(hf_config.num_hidden_layers, hf_config.num_local_experts,
-                         hf_config.num_experts_per_tok)
-    poller = RoutingPoller(engine_client, state, interval_s=routing.poll_interval_s)
+    shape = (hf_config.num_hidden_layers, hf_config.num_local_experts,
+             hf_config.num_experts_per_tok)
+    variants = list(family.variants) if family else [served]
+    states = VariantRoutingStates(len(variants), *shape) if family else None
+    state = states.states[0] if states else RoutingState(*shape)
+    poller = RoutingPoller(engine_client, states or state, interval_s=routing.poll_interval_s)
     supported_tasks = await engine_client.get_supported_tasks()
     app = build_mofe_app(args, supported_tasks, engine_client.model_config,
                          on_activity=poller.note_activity)
     await init_app_state(engine_client, app.state, args, supported_tasks)
     install_openai_compat(app)
+    if family:
+        from .family_serving import install_family_serving
+
+        install_family_serving(app, engine_client, family)
     await poller.start()
     stop_first.append(poller.stop)
-    app.state.mofe_routing = ServingRouting(served.names[0], served.domains, state, poller)
-    collector = RoutingCollector(served.names[0], served.domains, state.snapshot,
-                                 per_layer=routing.per_layer)
+    routed = [RoutedModel(v.names[0], v.names, v.domains, st)
+              for v, st in zip(variants, states.states if states else [state], strict=True)]
+    app.state.mofe_routing = ServingRouting(served.names[0], served.domains, state, poller,
+                                            models=routed, states=states)
+    collector = RoutingCollector.for_models(
+        [(r.name, r.domains, r.state.snapshot) for r in routed], per_layer=routing.per_layer)
     prometheus_client.REGISTRY.register(collector)
-    domain_share = RequestDomainShare(served.names[0], prometheus_client.REGISTRY)
+    model_of_request = None
+    if family:
+        from .family_serving import request_variant_name as model_of_request
+    domain_share = RequestDomainShare(served.names[0], prometheus_client.REGISTRY,
+                                      model_of_request)
     fetcher = SummaryFetcher(engine_client, served.domains, on_summary=domain_share.observe)
     if routing.access_log_domain:
         from .routing import access_log

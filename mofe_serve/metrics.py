@@ -59,23 +59,40 @@ class RoutingCollector:
     def __init__(self, model: str, domains: Sequence[str] | None,
                  snapshot_fn: Callable[[], RoutingSnapshot | None], per_layer: bool = True,
                  clock: Callable[[], float] = time.time):
-        self.model = model
         self.clock = clock
-        self.domains = list(domains or [])
-        self.snapshot_fn = snapshot_fn
         self.per_layer = per_layer
+        self.sources = [(model, list(domains or []), snapshot_fn)]
+
+    @classmethod
+    def for_models(cls, sources: Sequence[tuple[str, Sequence[str] | None,
+                                                Callable[[], RoutingSnapshot | None]]],
+                   per_layer: bool = True, clock: Callable[[], float] = time.time):
+        """One collector for several models served by one engine (a MoFE family): every
+        series once per model, told apart by the `model` label."""
+        collector = cls(*sources[0], per_layer=per_layer, clock=clock)
+        collector.sources = [(m, list(d or []), fn) for m, d, fn in sources]
+        return collector
+
+    @property
+    def model(self) -> str:
+        return self.sources[0][0]
+
+    @staticmethod
+    def _domain(domains: Sequence[str], expert: int) -> str:
+        return domains[expert] if expert < len(domains) else "unknown"
 
     def domain(self, expert: int) -> str:
-        return self.domains[expert] if expert < len(self.domains) else "unknown"
+        return self._domain(self.sources[0][1], expert)
 
     def describe(self) -> list[Metric]:
         # Lets registry.register() check names without taking a snapshot.
-        return list(self._families(None))
+        return list(self._families([]))
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._families(self.snapshot_fn())
+        yield from self._families([(m, d, fn()) for m, d, fn in self.sources])
 
-    def _families(self, snap: RoutingSnapshot | None) -> Iterator[Metric]:
+    def _families(self, snaps: list[tuple[str, list[str], RoutingSnapshot | None]]
+                  ) -> Iterator[Metric]:
         expert_labels = ["model", "layer", "expert", "domain"]
         tokens = CounterMetricFamily(
             "mofe_expert_tokens", "Tokens routed to each expert (each token counts once per "
@@ -103,20 +120,23 @@ class RoutingCollector:
             "mofe_routing_snapshot_age_seconds", "Seconds since the routing counters were "
             "last read from the engine (grows while the engine is dead or stuck)",
             labels=["model"])
-        if snap is not None:
+        for model, domains, snap in snaps:
+            if snap is None:
+                continue
             # taken_at is when the successful read was sent: the age never under-reports.
-            age.add_metric([self.model], max(0.0, self.clock() - snap.taken_at))
-            self._add_counters(snap, tokens, gate, routed)
+            age.add_metric([model], max(0.0, self.clock() - snap.taken_at))
+            self._add_counters(model, domains, snap, tokens, gate, routed)
             for layer, counts in enumerate(snap.window_tokens):
                 for key, value in window_stats(counts).items():
-                    gauges[key].add_metric([self.model, str(layer)], value)
+                    gauges[key].add_metric([model, str(layer)], value)
         yield tokens
         yield gate
         yield routed
         yield from gauges.values()
         yield age
 
-    def _add_counters(self, snap: RoutingSnapshot, tokens, gate, routed) -> None:
+    def _add_counters(self, model: str, domains: list[str], snap: RoutingSnapshot, tokens,
+                      gate, routed) -> None:
         if self.per_layer:
             rows = [(str(i), t, g) for i, (t, g)
                     in enumerate(zip(snap.tokens, snap.gate_weight, strict=True))]
@@ -125,10 +145,10 @@ class RoutingCollector:
                      [sum(c) for c in zip(*snap.gate_weight, strict=True)])]
         for layer, layer_tokens, layer_gate in rows:
             for expert, (t, g) in enumerate(zip(layer_tokens, layer_gate, strict=True)):
-                labels = [self.model, layer, str(expert), self.domain(expert)]
+                labels = [model, layer, str(expert), self._domain(domains, expert)]
                 tokens.add_metric(labels, t)
                 gate.add_metric(labels, g)
-            routed.add_metric([self.model, layer], sum(layer_tokens) / snap.top_k)
+            routed.add_metric([model, layer], sum(layer_tokens) / snap.top_k)
 
 
 # Share buckets: fine near both ends, where "almost all medical" vs "all medical" matters.
@@ -139,8 +159,12 @@ class RequestDomainShare:
     """`mofe_request_domain_share{model,domain}`: one observation per domain per request
     summary (requests that opted in to per-request routing; mofe_serve.routing.opt_in)."""
 
-    def __init__(self, model: str, registry: CollectorRegistry):
+    def __init__(self, model: str, registry: CollectorRegistry,
+                 model_of_request: Callable[[], str | None] | None = None):
+        # model_of_request: the current request's model on a server running several (a
+        # family), else None and every observation carries `model`.
         self.model, self.registry = model, registry
+        self.model_of_request = model_of_request or (lambda: None)
         self.histogram = Histogram(
             "mofe_request_domain_share", "Per request that asked for its routing summary: "
             "share of its routed slots (all layers, all top-k choices) that went to each "
@@ -148,8 +172,9 @@ class RequestDomainShare:
             registry=registry)
 
     def observe(self, summary: dict) -> None:
+        model = self.model_of_request() or self.model
         for domain, share in summary["domains"].items():
-            self.histogram.labels(self.model, domain).observe(share)
+            self.histogram.labels(model, domain).observe(share)
 
     def unregister(self) -> None:
         self.registry.unregister(self.histogram)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from .engine import ARCHITECTURE, MODEL_CLASS
+from .engine import ARCHITECTURE, FAMILY_ARCHITECTURE, FAMILY_MODEL_CLASS, MODEL_CLASS
 
 OVERRIDE_ENV = "MOFE_OVERRIDE_MIXTRAL"
 
@@ -24,6 +24,8 @@ def register() -> None:
 
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, MODEL_CLASS)
+    if FAMILY_ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(FAMILY_ARCHITECTURE, FAMILY_MODEL_CLASS)
     if os.environ.get(OVERRIDE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
         # Replaces vLLM's own Mixtral entry for this process (vLLM logs a warning).
         ModelRegistry.register_model("MixtralForCausalLM", MODEL_CLASS)

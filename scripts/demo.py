@@ -1,9 +1,10 @@
 """`make demo`: the whole product end to end on a tiny model, offline, in a few minutes.
 
-tiny expert kit -> merge + frozen-FFN training -> verify -> register (alias prod) -> serve
--> chat through the official openai client, with that request's own routing summary ->
-routing table and PNG -> batch MedMCQA sample with report -> clean shutdown with no process
-left.
+tiny expert kit -> merge + frozen-FFN training -> a second variant trained from the same
+merge -> verify -> register (alias prod) -> serve both variants from one engine (experts
+held once) -> the same question to each through the official openai client, side by side,
+each with its own request's routing summary -> routing table per variant and PNG -> batch
+MedMCQA sample with report -> clean shutdown with no process left.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def step(title: str, *args: str) -> str:
     return proc.stdout
 
 
-def fresh_routing(base_url: str, after: float, timeout: float = 30) -> dict:
-    """The first /v1/routing snapshot read from the worker after `after` (unix time): the
-    server polls the counters every second, so the newest requests show up within ~1 s."""
-    req = urllib.request.Request(base_url + "/v1/routing",
+def fresh_routing(base_url: str, model: str, after: float, timeout: float = 30) -> dict:
+    """The first /v1/routing snapshot of `model` read from the worker after `after` (unix
+    time): the server polls the counters every second, so the newest requests show up
+    within ~1 s."""
+    req = urllib.request.Request(f"{base_url}/v1/routing?model={model}",
                                  headers={"Authorization": f"Bearer {API_KEY}"})
     deadline = time.time() + timeout
     while True:
@@ -59,38 +61,44 @@ def fresh_routing(base_url: str, after: float, timeout: float = 30) -> dict:
         time.sleep(0.3)
 
 
-def routing_report(base_url: str) -> dict:
-    routing = fresh_routing(base_url, time.time())
+def routing_report(base_url: str, models: list[str]) -> None:
+    """One table per variant (each its own window on the one server), one PNG with both."""
     domains = json.loads((OUT / "checkpoint" / "mofe.json").read_text())["experts"]
     labels = [f"{e['index']}:{e['domain']}" for e in sorted(domains, key=lambda e: e["index"])]
-    table = Table(title=f"expert share per layer ({routing['model']}, top-{routing['top_k']})")
-    table.add_column("layer")
-    for label in labels:
-        table.add_column(label, justify="right")
-    shares = []
-    for layer, counts in enumerate(routing["tokens"]):
-        total = sum(counts) or 1
-        shares.append([c / total for c in counts])
-        table.add_row(str(layer), *(f"{s:.1%}" for s in shares[-1]))
-    console.print(table)
-    console.print("share by domain: " + ", ".join(f"{d}={s:.1%}"
-                                                  for d, s in routing["domains"].items()))
+    now = time.time()
+    per_model = {}
+    for model in models:
+        routing = fresh_routing(base_url, model, now)
+        table = Table(title=f"expert share per layer ({routing['model']}, "
+                            f"top-{routing['top_k']})")
+        table.add_column("layer")
+        for label in labels:
+            table.add_column(label, justify="right")
+        shares = []
+        for layer, counts in enumerate(routing["tokens"]):
+            total = sum(counts) or 1
+            shares.append([c / total for c in counts])
+            table.add_row(str(layer), *(f"{s:.1%}" for s in shares[-1]))
+        console.print(table)
+        console.print("share by domain: " + ", ".join(f"{d}={s:.1%}"
+                                                      for d, s in routing["domains"].items()))
+        per_model[routing["model"]] = shares
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    im = ax.imshow(shares, aspect="auto", cmap="viridis", vmin=0)
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
-    ax.set_yticks(range(len(shares)))
-    ax.set_xlabel("expert")
-    ax.set_ylabel("layer")
-    ax.set_title("Expert share of routed tokens per layer")
-    fig.colorbar(im, ax=ax, label="share")
-    fig.tight_layout()
-    fig.savefig(OUT / "routing.png", dpi=120)
-    return routing
+    fig, axes = plt.subplots(1, len(per_model), figsize=(5 * len(per_model), 3.5),
+                             squeeze=False)
+    for ax, (model, shares) in zip(axes[0], per_model.items(), strict=True):
+        im = ax.imshow(shares, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_yticks(range(len(shares)))
+        ax.set_xlabel("expert")
+        ax.set_ylabel("layer")
+        ax.set_title(model)
+    fig.colorbar(im, ax=axes[0].tolist(), label="share of routed tokens")
+    fig.savefig(OUT / "routing.png", dpi=120, bbox_inches="tight")
 
 
 def main() -> None:
@@ -106,18 +114,24 @@ def main() -> None:
     step("1. tiny expert kit", "dev", "tiny-experts", str(kit), "--overwrite")
     step("2. merge + frozen-FFN instruction tuning", "train", str(kit / "mofe.yaml"),
          "--set", f"output_dir={OUT / 'checkpoint'}", "--set", "training.max_steps=30")
+    step("   a second variant: same merge, other seed, a few steps", "train",
+         str(kit / "mofe.yaml"), "--set", f"output_dir={OUT / 'checkpoint-b'}",
+         "--set", "merge=null", "--set", f"model={kit / 'merged'}", "--set", "seed=1",
+         "--set", "training.max_steps=8", "--set", "training.learning_rate=3e-3")
     step("3. verify experts are bit-identical to their sources", "verify", str(OUT / "checkpoint"))
     step("4. register and alias prod", "registry", "register", str(OUT / "checkpoint"),
          "--name", "tiny-mofe", "--alias", "prod")
+    step("   register the second variant", "registry", "register", str(OUT / "checkpoint-b"),
+         "--name", "tiny-mofe-b")
     step("   lineage", "registry", "lineage", "tiny-mofe@prod")
 
-    console.rule("[bold]5. serve tiny-mofe@prod")
+    console.rule("[bold]5. serve tiny-mofe@prod and tiny-mofe-b@1 from one engine")
     # The one server harness (mofe_serve.server_process): `mofe serve` in its own process
     # group, stopped with SIGTERM and checked for leftovers the way the tests check it.
     from mofe_serve.server_process import ServerProcess, free_port
 
     port = free_port()
-    server = ServerProcess([*MOFE, "serve", "tiny-mofe@prod", "--port", str(port),
+    server = ServerProcess([*MOFE, "serve", "tiny-mofe@prod", "tiny-mofe-b@1", "--port", str(port),
                             "--api-key", API_KEY, "--enforce-eager"], OUT / "server.log", port,
                            ENV, api_key=API_KEY)
     base_url = server.base_url
@@ -130,22 +144,29 @@ def main() -> None:
         from openai import OpenAI
 
         client = OpenAI(base_url=base_url + "/v1", api_key=API_KEY)
-        model = client.models.list().data[0].id
-        console.rule("[bold]6. chat completion through the openai client")
-        # The request asks for its own routing summary (docs/serving.md).
-        reply = client.chat.completions.create(
-            model=model, max_tokens=32, temperature=0,
-            messages=[{"role": "user", "content": "What is metformin used for?"}],
-            extra_body={"mofe": {"routing": True}})
-        console.print(f"[bold]{model}[/]: {reply.choices[0].message.content!r}")
-        console.print(f"usage: {reply.usage}")
-        mine = reply.mofe_routing
-        console.print(f"this request's routing: {mine['prompt_tokens']} prompt + "
-                      f"{mine['completion_tokens']} generated tokens forwarded; by domain "
-                      + ", ".join(f"{d}={v:.1%}" for d, v in mine["domains"].items())
-                      + f"; layer 0 tokens per expert {mine['tokens'][0]}")
-        console.rule("[bold]7. routing per layer and domain")
-        routing_report(base_url)
+        console.print("models: " + ", ".join(m.id for m in client.models.list().data))
+        console.rule("[bold]6. the same question to both variants (official openai client)")
+        models = ["tiny-mofe@prod", "tiny-mofe-b@1"]
+        question = [{"role": "user", "content": "What is metformin used for?"}]
+        replies = Table(title="one server, two variants, experts held once")
+        replies.add_column("model")
+        replies.add_column("reply")
+        replies.add_column("this request's routing (docs/serving.md)")
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(models)) as pool:  # both at once: mixed engine steps
+            answers = list(pool.map(lambda m: client.chat.completions.create(
+                model=m, max_tokens=32, temperature=0, messages=question,
+                extra_body={"mofe": {"routing": True}}), models))
+        for answer in answers:
+            mine = answer.mofe_routing
+            replies.add_row(answer.model, repr(answer.choices[0].message.content),
+                            f"{mine['prompt_tokens']} prompt + {mine['completion_tokens']} "
+                            "generated tokens; " + ", ".join(
+                                f"{d}={v:.1%}" for d, v in mine["domains"].items()))
+        console.print(replies)
+        console.rule("[bold]7. routing per variant, per layer and domain")
+        routing_report(base_url, models)
         step("8. batch MedMCQA sample", "batch", "tiny-mofe@prod", "--task", "medmcqa",
              "--input", str(kit / "data" / "medmcqa.jsonl"), "--output", str(OUT / "qa.jsonl"),
              "--report-png", "--no-progress")
@@ -166,7 +187,9 @@ def main() -> None:
                        ("registry", OUT / "registry"), ("routing plot", OUT / "routing.png"),
                        ("batch predictions", OUT / "qa.jsonl"),
                        ("batch report", OUT / "qa.jsonl.report.md"),
-                       ("batch report plot", OUT / "qa.jsonl.report.png"), ("server log", OUT / "server.log")]:
+                       ("batch report plot", OUT / "qa.jsonl.report.png"),
+                       ("second variant", OUT / "checkpoint-b"),
+                       ("server log", OUT / "server.log")]:
         console.print(f"{what:18} {path}")
     console.print(f"[bold green]demo finished in {time.perf_counter() - started:.0f}s")
 

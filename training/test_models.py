@@ -9,6 +9,10 @@ Nothing here states a tensor name or a slice.
   (4 layers, 4 experts, top-2, fp32). Its FFNs are trained, so predictions are meaningful,
   and its random router (mergekit's `random` gate mode, N(0, 1), seeded) makes routing vary
   clearly by token, which fp32 comparisons with transformers need.
+- `build_kit_family`: N variants of one kit MoE, each trained from the same merge by the
+  production training path (`training.train.run_training`, method mofe: experts frozen) for
+  a few steps with its own seed, so the variants share every expert tensor and differ in
+  embeddings, attention, norms, router and lm_head. For family serving tests.
 - `build_random_mixtral`: a randomly initialised Mixtral of any size with the kit's
   tokenizer, for speed benchmarks and shape-level tests.
 - `write_llama` / `write_mixtral` / `build_format_kit`: format-level checkpoints written with
@@ -67,6 +71,42 @@ def build_kit_moe(kit: Path, out: Path, layout: str = "fused", gate_mode: str = 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def build_kit_family(kit: Path, out: Path, variants: int = 3, steps: int = 4,
+                     learning_rate: float = 3e-3, merge_seed: int = 0) -> list[Path]:
+    """`out/merged` (the kit MoE, fused layout) and `out/variant-<i>` for i < `variants`:
+    each a real MoFE training run (`run_training`, method mofe) of `steps` steps from that
+    merge, seed i + 1. The learning rate is high so a few steps move the variants clearly
+    apart (their greedy outputs differ); the frozen experts stay bit-identical."""
+    from .config import load_config
+    from .train import run_training
+
+    out = Path(out)
+    merged = build_kit_moe(kit, out / "merged", seed=merge_seed)
+    cfg = load_config(Path(kit) / "mofe.yaml")
+    paths = []
+    for i in range(variants):
+        target = out / f"variant-{i}"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(target.with_name(target.name + ".work"), ignore_errors=True)
+        run = cfg.model_copy(deep=True, update={
+            "model": str(merged), "merge": None, "seed": i + 1, "output_dir": str(target),
+            "training": cfg.training.model_copy(update={
+                "max_steps": steps, "learning_rate": learning_rate, "warmup_steps": 0,
+                "lr_scheduler": "constant_with_warmup", "save_every": steps,
+                "eval_every": steps, "log_every": steps})})
+        paths.append(run_training(run, console=_quiet_console()))
+        shutil.rmtree(target.with_name(target.name + ".work"), ignore_errors=True)
+    return paths
+
+
+def _quiet_console():
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO())
 
 
 def build_random_mixtral(out: Path, sizes: KitSizes = KitSizes(), experts: int = NUM_EXPERTS,

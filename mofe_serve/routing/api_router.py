@@ -9,8 +9,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ..errors import error_response
-from .protocol import RoutingResetResponse, RoutingResponse
-from .serving import RoutingNotReady, RoutingUnavailable, ServingRouting
+from .protocol import RoutingListResponse, RoutingResetResponse, RoutingResponse
+from .serving import RoutingNotReady, RoutingUnavailable, ServingRouting, UnknownModel
 
 router = APIRouter()
 
@@ -23,18 +23,29 @@ def _unavailable(exc: Exception) -> JSONResponse:
     return error_response(str(exc), 503, "ServiceUnavailableError")
 
 
-@router.get("/v1/routing", response_model=RoutingResponse)
-async def get_routing(request: Request):
+def _unknown(exc: Exception) -> JSONResponse:
+    return error_response(str(exc), 404, "NotFoundError", param="model")
+
+
+@router.get("/v1/routing", response_model=RoutingResponse | RoutingListResponse)
+async def get_routing(request: Request, model: str | None = None):
+    """The routing window of `model`; without it, the server's only model, or every
+    variant (`{"object": "list", "data": [...]}`) on a server running a family."""
     try:
-        return _routing(request).get()
+        return _routing(request).get(model)
+    except UnknownModel as exc:
+        return _unknown(exc)
     except (RoutingNotReady, RoutingUnavailable) as exc:
         return _unavailable(exc)
 
 
 @router.post("/v1/routing/reset", response_model=RoutingResetResponse)
-async def reset_routing(request: Request):
+async def reset_routing(request: Request, model: str | None = None):
+    """Start a new window for `model`, or for every model the server runs."""
     try:
-        return await _routing(request).reset()
+        return await _routing(request).reset(model)
+    except UnknownModel as exc:
+        return _unknown(exc)
     except RoutingUnavailable as exc:
         return _unavailable(exc)
 

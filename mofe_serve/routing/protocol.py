@@ -17,6 +17,12 @@ class RoutingResponse(BaseModel):
     updated_at: float = Field(description="unix time the counts were read from the worker")
 
 
+class RoutingListResponse(BaseModel):
+    object: str = "list"
+    data: list[RoutingResponse] = Field(description="one entry per model this server runs")
+
+
 class RoutingResetResponse(BaseModel):
-    model: str
+    model: str = Field(description="the model whose window was reset (the first of `models`)")
+    models: list[str] = Field(description="every model whose window was reset")
     since: float = Field(description="unix time the new window started")

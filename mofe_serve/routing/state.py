@@ -76,3 +76,32 @@ class RoutingState:
                 window_tokens=_minus(self._tokens, self._offset_tokens),
                 window_gate_weight=_minus(self._gate, self._offset_gate),
                 since=self._since, taken_at=self._taken_at)
+
+
+class VariantRoutingStates:
+    """A family engine's routing state: one `RoutingState` per variant (index = the engine's
+    variant index), all fed from one worker snapshot (its `variants` list). Offers the two
+    methods the poller calls, so the poller does not know how many models there are."""
+
+    def __init__(self, num_variants: int, num_layers: int, num_experts: int, top_k: int):
+        self.states = [RoutingState(num_layers, num_experts, top_k)
+                       for _ in range(num_variants)]
+
+    def _parts(self, worker_snapshot: dict) -> list[dict]:
+        variants = worker_snapshot.get("variants") or []
+        if len(variants) != len(self.states):
+            raise ValueError(f"worker snapshot has {len(variants)} variants, this server "
+                             f"serves {len(self.states)}")
+        return [{**worker_snapshot, **part} for part in variants]
+
+    def update(self, worker_snapshot: dict, taken_at: float | None = None) -> None:
+        for state, part in zip(self.states, self._parts(worker_snapshot), strict=True):
+            state.update(part, taken_at)
+
+    def reset_window(self, worker_snapshot: dict, variants: list[int] | None = None) -> None:
+        for index, (state, part) in enumerate(zip(self.states, self._parts(worker_snapshot),
+                                                  strict=True)):
+            if variants is None or index in variants:
+                state.reset_window(part)
+            else:
+                state.update(part)

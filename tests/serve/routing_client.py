@@ -37,3 +37,25 @@ def scrape(server) -> dict[str, list]:
     """Family name -> samples, from the server's Prometheus text."""
     text = httpx.get(f"{server.base_url}/metrics").text
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+
+def transformers_routing_counts(ckpt, prompts: list[list[int]]) -> list[list[int]]:
+    """[layer][expert] top-k choices of transformers' MixtralForCausalLM (fp32) over the
+    prompts' tokens: the reference for the experts vLLM ran."""
+    import torch
+    from transformers import MixtralForCausalLM
+
+    model = MixtralForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    experts, top_k = model.config.num_local_experts, model.config.num_experts_per_tok
+    counts = None
+    with torch.no_grad():
+        for ids in prompts:
+            out = model(torch.tensor([ids]), output_router_logits=True)
+            for layer, logits in enumerate(out.router_logits):
+                chosen = torch.topk(logits.reshape(-1, experts), top_k, dim=-1).indices
+                per_expert = torch.bincount(chosen.reshape(-1), minlength=experts)
+                if counts is None:
+                    counts = [[0] * experts for _ in out.router_logits]
+                for e in range(experts):
+                    counts[layer][e] += int(per_expert[e])
+    return counts

@@ -12,30 +12,11 @@ import time
 import pytest
 from session_server import SERVED_NAME
 
-from training.test_models import NUM_EXPERTS, TOP_K
+from training.test_models import TOP_K
 
-from .routing_client import reset_routing, routing_after
+from .routing_client import reset_routing, routing_after, transformers_routing_counts
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
-
-
-def _reference_counts(ckpt, prompts: list[list[int]]) -> list[list[int]]:
-    import torch
-    from transformers import MixtralForCausalLM
-
-    model = MixtralForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    counts = None
-    with torch.no_grad():
-        for ids in prompts:
-            out = model(torch.tensor([ids]), output_router_logits=True)
-            for layer, logits in enumerate(out.router_logits):
-                chosen = torch.topk(logits.reshape(-1, NUM_EXPERTS), TOP_K, dim=-1).indices
-                per_expert = torch.bincount(chosen.reshape(-1), minlength=NUM_EXPERTS)
-                if counts is None:
-                    counts = [[0] * NUM_EXPERTS for _ in out.router_logits]
-                for e in range(NUM_EXPERTS):
-                    counts[layer][e] += int(per_expert[e])
-    return counts
 
 
 def test_chosen_experts_match_transformers(mofe_server, openai_client, tiny_mofe):
@@ -53,6 +34,6 @@ def test_chosen_experts_match_transformers(mofe_server, openai_client, tiny_mofe
         r = openai_client.completions.create(model=SERVED_NAME, prompt=ids, max_tokens=1)
         assert r.usage.prompt_tokens == len(ids)
     served = routing_after(mofe_server, time.time())["tokens"]
-    expected = _reference_counts(tiny_mofe, prompts)
+    expected = transformers_routing_counts(tiny_mofe, prompts)
     assert sum(served[0]) == TOP_K * sum(len(p) for p in prompts)
     assert served == expected
