@@ -112,19 +112,10 @@ def _leading_refs(ref: str, args: list[str]) -> tuple[list[str], list[str]]:
 
 
 def family_members(ref: str) -> list[str]:
-    """The REFs of every variant in `ref`'s family, `ref`'s own first.
-
-    SEAM: the family query belongs to the model registry (`Registry.family`, issue 7 of the
-    registry work, another branch). Until that method exists on this branch, --family
-    says so instead of guessing."""
+    """The REFs of every variant in `ref`'s registry family (model_registry.family: the same
+    expert tensors by canonical hash), `ref` as typed first, the others as NAME@VERSION."""
     from model_registry.registry import Registry
 
-    family = getattr(Registry, "family", None)
-    if family is None:
-        raise click.UsageError("--family needs the model registry's Registry.family, which "
-                               "this installation does not have yet; list the variants' "
-                               "REFs instead (mofe serve a@prod b@prod ...)")
     with Registry(read_only=True) as registry:
-        members = family(registry, ref)
-    refs = [getattr(m, "ref", None) or str(m) for m in members]
-    return [ref] + [r for r in refs if r != ref]
+        members = registry.family(ref)
+    return [ref] + [m.ref for m in members if not m.is_ref]

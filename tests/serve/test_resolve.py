@@ -56,3 +56,31 @@ def test_cli_reports_a_bad_ref_without_starting_an_engine(tmp_path):
     result = CliRunner().invoke(cli, ["serve", str(tmp_path / "missing"), "--dtype", "float32"])
     assert result.exit_code != 0
     assert "config.json" in result.output
+
+
+def test_family_flag_expands_one_ref_to_its_registry_family(tmp_path, monkeypatch):
+    """`mofe serve --family REF`: the members come from the registry's family query (same
+    expert tensors by canonical hash), REF as typed first; unrelated models stay out."""
+    from model_registry.registry import Registry
+    from mofe_serve.cli import family_members
+    from training.test_models import build_format_kit, write_llama, write_mixtral
+
+    kit = build_format_kit(tmp_path / "kit")
+    monkeypatch.setenv("MOFE_REGISTRY", str(tmp_path / "registry"))
+    with Registry() as reg:
+        reg.register(kit.fused, "med", aliases=["prod"])
+        reg.register(write_mixtral(tmp_path / "onco", kit.experts, "fused", seed=7), "onco")
+        other = [*kit.experts[:3], write_llama(tmp_path / "other-expert", seed=42)]
+        reg.register(write_mixtral(tmp_path / "other", other, "fused"), "other")
+    assert family_members("med@prod") == ["med@prod", "onco@1"]
+    assert family_members("onco") == ["onco", "med@1"]
+    assert family_members("other@1") == ["other@1"]
+
+
+def test_family_flag_takes_one_ref(tmp_path):
+    from click.testing import CliRunner
+
+    from mofe_serve.cli import serve_cli
+
+    res = CliRunner().invoke(serve_cli, ["a@1", "b@1", "--family"])
+    assert res.exit_code == 2 and "--family takes one REF" in res.output
