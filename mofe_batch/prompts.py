@@ -93,7 +93,9 @@ class PromptBuilder:
         if not self.shots:
             return []
         if self.task in FIRST_N_TASKS:
-            same = [d for d in self.dev if d.subject == q.subject and d.id != q.id]
+            # lm-eval draws these from the dev split, never the test split: no id exclusion
+            # (rows without ids are numbered per file, so ids may coincide across files)
+            same = [d for d in self.dev if d.subject == q.subject]
             if len(same) < self.shots:
                 raise ValueError(f"--shots {self.shots}: the dev file has {len(same)} labeled "
                                  f"rows of subject {q.subject!r} (MMLU shots are the first "

@@ -413,6 +413,8 @@ def build_llm(model: str, count_routing: bool = True, cpu_plan: CpuPlan | None =
                                "--tensor-parallel-size must be 1")
     import torch
 
+    if count_routing:
+        _register_model_class_here()
     kwargs["distributed_executor_backend"] = "uni"
     # OMP_NUM_THREADS: vLLM otherwise drops this process's torch threads to 1 ("for
     # serving"); the engine reads VLLM_ENABLE_V1_MULTIPROCESSING only while it is built.
@@ -435,6 +437,18 @@ def build_llm(model: str, count_routing: bool = True, cpu_plan: CpuPlan | None =
     llm.mofe_cpu_plan = cpu_plan
     llm.mofe_restore_affinity = restore
     return llm
+
+
+def _register_model_class_here() -> None:
+    """For an in-process engine: register the counting model's class itself, not its import
+    string. vLLM inspects a class registered by string in a fresh subprocess (importing
+    vLLM there: about 10 s here) whenever its model-info cache misses (first run, any change
+    to the model's module); a class is inspected in this process, which imports it anyway."""
+    from vllm import ModelRegistry
+
+    from .model import MoFEMixtralForCausalLM
+
+    ModelRegistry.register_model(ARCHITECTURE, MoFEMixtralForCausalLM)
 
 
 def close_llm(llm) -> None:
