@@ -8,10 +8,13 @@ one question per engine call for exact per-row shares, at a throughput cost).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+
+from mofe_serve.engine import plan_cpu_threads
 
 from .backends import make_scorer, resolve_model
 from .config import BatchConfig, pre_pass
@@ -32,6 +35,9 @@ class _Stopped(Exception):
 
 def run_batch(cfg: BatchConfig, scorer=None, log=print) -> dict:
     started = time.time()
+    if cfg.threads is not None and scorer is None and not cfg.endpoint:
+        # refuse an impossible --threads before anything is read or written
+        plan_cpu_threads(sorted(os.sched_getaffinity(0)), {}, cfg.threads)
     pre = pre_pass(cfg.input, cfg.task, cfg.cop_base)
     if pre.cop_reason and "WARNING" in pre.cop_reason:
         log(f"warning: MedMCQA cop convention: {pre.cop_reason}")

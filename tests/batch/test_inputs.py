@@ -70,6 +70,20 @@ def test_shots_are_seeded_per_question_and_exclude_the_question():
     assert context.endswith("D. heparin\nAnswer:")
 
 
+def test_impossible_threads_are_refused_before_anything_is_written(tmp_path):
+    import os
+
+    src = write_jsonl(tmp_path / "in.jsonl", [ROW])
+    cores = len(os.sched_getaffinity(0))
+    result = CliRunner().invoke(batch_cli, [str(tmp_path / "no-model"), "--task", "medmcqa",
+                                            "--input", str(src), "--output",
+                                            str(tmp_path / "out.jsonl"), "--threads",
+                                            str(cores + 1)])
+    assert result.exit_code != 0
+    assert f"--threads {cores + 1}: must be between 1 and the {cores} core(s)" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
 def test_mmlu_shots_are_the_first_dev_rows_of_the_subject_as_lm_eval():
     """lm-eval's MMLU tasks use `sampler: first_n` over the subject's dev split: every
     question of a subject gets the same shots, so its prompts share one prefix."""
