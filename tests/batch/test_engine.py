@@ -124,8 +124,9 @@ def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, 
     session engine uses block size 32) and than the CPU default block (128). Prefix caching
     is on: the preamble's whole blocks are computed once, by the first question, and read
     from the cache by the other seven. The documented rule: per layer, routed slots =
-    top_k x computed tokens, and computed tokens = prompt tokens - 7 x the preamble's whole
-    blocks."""
+    top_k x computed tokens, where each prompt computes all but the whole KV blocks it
+    shares with a prompt computed before it (here the questions run one after another:
+    chunks of 2, each chunk's first prompt alone first)."""
     preamble = "You are a careful medical expert answering exam questions. " * 10
     template = preamble + "\nQuestion: {{ question }}\n" + \
         "{% for o in options %}{{ letters[loop.index0] }}. {{ o }}\n{% endfor %}Answer:"
@@ -140,9 +141,16 @@ def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, 
     builder = PromptBuilder("medmcqa", template=str(tmp_path / "t.j2"))
     contexts = [build_item(vllm_scorer.tokenizer, builder.context(q), builder.continuations(q))
                 .context for q in (parse_row("medmcqa", r, i + 1) for i, r in enumerate(rows))]
-    shared = len(os.path.commonprefix(contexts))
-    cached_per_question = shared // vllm_scorer.block_size * vllm_scorer.block_size
-    assert cached_per_question >= 128
+    block = vllm_scorer.block_size
+
+    def cached(i: int) -> int:  # whole blocks shared with an earlier prompt (never the last
+        # token: vLLM computes at least one)
+        best = max(len(os.path.commonprefix([contexts[i], c])) for c in contexts[:i])
+        return min(best, len(contexts[i]) - 1) // block * block
+
+    expected_cached = [0] + [cached(i) for i in range(1, len(contexts))]
+    preamble_blocks = len(os.path.commonprefix(contexts)) // block * block
+    assert preamble_blocks >= 128 and min(expected_cached[1:]) >= preamble_blocks
     before = vllm_scorer.routing_snapshot()
     report = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
     after = vllm_scorer.routing_snapshot()
@@ -150,7 +158,9 @@ def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, 
     assert len(results) == 8
     scored = sum(r["num_tokens"] for r in results)
     computed = sum(r["computed_tokens"] for r in results)
-    assert computed == scored - 7 * cached_per_question  # the prefix computed once
+    assert [r["computed_tokens"] for r in sorted(results, key=lambda r: r["position"])] == \
+        [len(c) - k for c, k in zip(contexts, expected_cached, strict=True)]
+    assert computed == scored - sum(expected_cached)  # the preamble computed once
     top_k = 2
     per_layer = [sum(a) - sum(b) for a, b in zip(after, before, strict=True)]
     assert per_layer == [top_k * computed] * len(per_layer)
