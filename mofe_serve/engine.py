@@ -327,15 +327,13 @@ def other_engine_cpus() -> dict[int, tuple[int, ...]]:
 
 
 def plan_offline_cpus(threads: int | None = None) -> CpuPlan | None:
-    """The CPU plan of an offline engine on this machine, or None when not on CPU."""
+    """The CPU plan of an offline engine on this machine, or None when not on CPU;
+    `build_llm` logs it (once vLLM's logging is configured)."""
     from vllm.platforms import current_platform
 
     if not current_platform.is_cpu():
         return None
-    plan = plan_cpu_threads(sorted(os.sched_getaffinity(0)), other_engine_cpus(), threads)
-    use_vllm_log_handlers()
-    (logger.warning if plan.shared else logger.info)("%s", plan.describe())
-    return plan
+    return plan_cpu_threads(sorted(os.sched_getaffinity(0)), other_engine_cpus(), threads)
 
 
 @contextlib.contextmanager
@@ -424,6 +422,8 @@ def build_llm(model: str, count_routing: bool = True, cpu_plan: CpuPlan | None =
         plan = check_engine_config(config)
         if plan is not None:
             kwargs["kv_cache_memory_bytes"] = plan.reserve_bytes
+        use_vllm_log_handlers()
+        (logger.warning if cpu_plan.shared else logger.info)("%s", cpu_plan.describe())
         restore = _pin_threads(cpu_plan.cpus)
         set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op
         try:
