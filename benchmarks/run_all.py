@@ -20,6 +20,7 @@ BENCHMARKS = {
     "serve_latency": ["serve_latency.py"],
     "offline_generation": ["offline_generation.py"],
     "batch_qa": ["batch_qa.py"],
+    "batch_startup": ["batch_startup.py"],
     "train_methods": ["train_methods.py"],
     "startup": ["startup.py"],
     "registry_dedup": ["registry_dedup.py", "--rounds", "2"],

@@ -19,9 +19,12 @@ class HfScorer:
     domains = None
 
     def __init__(self, model: str, dtype: str = "auto", batch_size: int = 16,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, threads: int | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)  # --threads: torch's intra-op threads
 
         if dtype not in _DTYPES:
             raise ValueError(f"--dtype {dtype!r}: choose from {', '.join(_DTYPES)}")

@@ -40,11 +40,13 @@ def make_scorer(cfg: BatchConfig, engine_path: str, source: Path | None):
         from .backend_hf import HfScorer
 
         return HfScorer(str(source or engine_path), dtype=cfg.dtype,
-                        max_model_len=cfg.max_model_len)
+                        max_model_len=cfg.max_model_len, threads=cfg.threads)
     from .backend_vllm import VllmScorer
 
     scorer = VllmScorer(engine_path, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
-                        seed=cfg.seed)
+                        seed=cfg.seed, threads=cfg.threads,
+                        # few-shot, chat or custom prompts: likely a shared prefix
+                        shared_prefix=bool(cfg.shots or cfg.chat_template or cfg.template))
     if scorer.routing is not None and source is not None:
         from .routing import load_domains
 

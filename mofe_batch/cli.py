@@ -37,10 +37,13 @@ import click
 @click.option("--routing", type=click.Choice(["chunk", "question"]), default="chunk",
               show_default=True, help="Granularity of per-row expert shares.")
 @click.option("--max-model-len", type=int, help="Context limit (default: the model's).")
+@click.option("--threads", type=int,
+              help="CPU threads (cores) the offline vLLM engine computes on (default: every "
+                   "core no other vLLM engine on this machine uses).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def batch_cli(ref, task, input_, output, shots, dev, seed, endpoint, api_key, served_model,
               concurrency, limit, strict, cop_base, template, chat_template, report_png, dtype,
-              backend, chunk_size, routing, max_model_len, no_progress):
+              backend, chunk_size, routing, max_model_len, threads, no_progress):
     """Score multiple-choice medical QA by option log-likelihood (as lm-evaluation-harness).
 
     REF is a checkpoint directory or a registered NAME@VERSION. Writes one JSONL line per
@@ -60,7 +63,8 @@ def batch_cli(ref, task, input_, output, shots, dev, seed, endpoint, api_key, se
                           strict=strict, cop_base=cop_base, template=template,
                           chat_template=chat_template, report_png=report_png, dtype=dtype,
                           backend=backend, chunk_size=chunk_size, routing=routing,
-                          max_model_len=max_model_len, progress=not no_progress)
+                          max_model_len=max_model_len, threads=threads,
+                          progress=not no_progress)
     except ValidationError as exc:
         raise click.UsageError(str(exc)) from None
     log = lambda msg: click.echo(msg, err=True)  # noqa: E731

@@ -37,6 +37,7 @@ class BatchConfig(BaseModel):
     chunk_size: int = Field(64, ge=1)
     routing: Literal["chunk", "question"] = "chunk"
     max_model_len: int | None = Field(None, ge=8)
+    threads: int | None = Field(None, ge=1)
     progress: bool = True
 
 

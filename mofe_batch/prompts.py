@@ -3,8 +3,11 @@
 A prompt is `description + shots + doc_to_text(question)`; each shot is
 `doc_to_text(shot) + " " + choices[gold] + "\\n\\n"` (lm-eval's target and few-shot
 delimiters). The scored continuations are `" " + choice`.
-Shots are drawn per question from the dev rows with `Random(f"{seed}:{id}")`, so a question
-gets the same shots whatever the order, chunking or resume point.
+Shots: for MMLU, the first K dev rows of the question's subject, as lm-eval's MMLU tasks
+(`fewshot_config: sampler: first_n` over the per-subject dev split), so every question of a
+subject shares one few-shot prefix (vLLM computes it once). For the other tasks, drawn per
+question from the dev rows with `Random(f"{seed}:{id}")`, so a question gets the same shots
+whatever the order, chunking or resume point.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import jinja2
 
 from .tasks import Question
 
+FIRST_N = "first_n"
+FIRST_N_TASKS = ("mmlu",)  # tasks whose shots are lm-eval's first_n per subject
 TARGET_DELIMITER = " "
 FEWSHOT_DELIMITER = "\n\n"
 
@@ -87,6 +92,15 @@ class PromptBuilder:
     def draw_shots(self, q: Question) -> list[Question]:
         if not self.shots:
             return []
+        if self.task in FIRST_N_TASKS:
+            # lm-eval draws these from the dev split, never the test split: no id exclusion
+            # (rows without ids are numbered per file, so ids may coincide across files)
+            same = [d for d in self.dev if d.subject == q.subject]
+            if len(same) < self.shots:
+                raise ValueError(f"--shots {self.shots}: the dev file has {len(same)} labeled "
+                                 f"rows of subject {q.subject!r} (MMLU shots are the first "
+                                 "dev rows of the question's subject, as lm-eval's)")
+            return same[:self.shots]
         pool = [d for d in self.dev if d.id != q.id]
         return random.Random(f"{self.seed}:{q.id}").sample(pool, self.shots)
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from model_registry.checkpoint import atomic_write_text
 from model_registry.inspection import file_sha256
 
+from .prompts import FIRST_N, FIRST_N_TASKS
+
 CACHE_ENV = "MOFE_CACHE_DIR"  # where file hashes are cached
 PROVENANCE_SUFFIX = ".provenance.json"
 LOCK_SUFFIX = ".lock"
@@ -32,7 +34,8 @@ CONTENT_FILES = ("config.json", "tokenizer.json", "tokenizer.model", "tokenizer_
 # Fields a resumed run must match. `model` (the ref as typed) is informational: the same
 # content under another path or registry name may resume; it is compared only when the
 # content hash is unknown (a hub id).
-COMPARED = ("model_sha256", "task", "shots", "shot_seed", "dev_sha256", "template",
+COMPARED = ("model_sha256", "task", "shots", "shot_sampler", "shot_seed", "dev_sha256",
+            "template",
             "chat_template", "cop_base", "dtype", "backend", "max_model_len")
 
 
@@ -127,6 +130,8 @@ def run_identity(cfg, model_ref: str, source: Path | None, backend: str,
     return {
         "model": model_ref, "model_sha256": sha, "model_hash_source": how,
         "task": cfg.task, "shots": cfg.shots,
+        # None: seeded draws per question (recorded before the field existed)
+        "shot_sampler": FIRST_N if cfg.shots and cfg.task in FIRST_N_TASKS else None,
         "shot_seed": cfg.seed if cfg.shots else None,  # only shots depend on the seed
         "dev_sha256": file_sha256(cfg.dev) if cfg.shots and cfg.dev else None,
         "template": template, "chat_template": cfg.chat_template, "cop_base": cop_base,

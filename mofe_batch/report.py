@@ -90,6 +90,16 @@ def to_markdown(report: dict) -> str:
              f"- throughput: {report['throughput_qps']:.2f} questions/s "
              f"({report['scoring_seconds']:.1f} s after load, {report['engine_seconds']:.1f} s of it in "
              f"the engine; {report['load_seconds']:.1f} s model load)"]
+    if report.get("threads"):
+        t = report["threads"]
+        lines.append(f"- CPU: {t['threads']} thread(s) on core(s) "
+                     f"{', '.join(map(str, t['cores']))}"
+                     + (f" (WARNING: shared with other vLLM engines on "
+                        f"{', '.join(map(str, t['shared_cores']))})" if t["shared_cores"] else ""))
+    if report.get("routing_counts"):
+        lines.append(f"- routing counts {report['routing_counts']} "
+                     f"({report.get('computed_tokens_this_run')} of "
+                     f"{report.get('prompt_tokens_this_run')} prompt tokens computed this run)")
     if report.get("interrupted"):
         lines.append("- **interrupted** (Ctrl-C): rerun the same command to finish")
     if report.get("duplicate_rows_ignored"):

@@ -27,6 +27,9 @@ def result_row(q: Question, item: ScoreItem, loglikelihoods: list[float],
         "correct_norm": (ranked.prediction_norm == gold) if gold is not None else None,
         "loglikelihoods": dict(zip(q.choices, ranked.loglikelihoods, strict=True)),
         "num_tokens": item.num_tokens,
+        # prompt tokens the engine computed (the rest came from its prefix cache); routing
+        # counts cover these
+        "computed_tokens": item.computed_tokens,
         "truncated": item.truncated,
         "expert_share": share,  # by domain, summed over layers; None without counters
         "routed_tokens": routed,  # this row's part of its chunk's routed token slots

@@ -8,10 +8,13 @@ one question per engine call for exact per-row shares, at a throughput cost).
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+
+from mofe_serve.engine import plan_cpu_threads
 
 from .backends import make_scorer, resolve_model
 from .config import BatchConfig, pre_pass
@@ -32,6 +35,9 @@ class _Stopped(Exception):
 
 def run_batch(cfg: BatchConfig, scorer=None, log=print) -> dict:
     started = time.time()
+    if cfg.threads is not None and scorer is None and not cfg.endpoint:
+        # refuse an impossible --threads before anything is read or written
+        plan_cpu_threads(sorted(os.sched_getaffinity(0)), {}, cfg.threads)
     pre = pre_pass(cfg.input, cfg.task, cfg.cop_base)
     if pre.cop_reason and "WARNING" in pre.cop_reason:
         log(f"warning: MedMCQA cop convention: {pre.cop_reason}")
@@ -82,7 +88,8 @@ def _run_locked(cfg: BatchConfig, scorer, log, pre, label: str, dev, started: fl
 
     skips = Skips(cfg.input, label)
     writer = ResultWriter(cfg.output)
-    counts = {"scored": 0, "resumed": 0, "truncated": 0, "seconds": 0.0}
+    counts = {"scored": 0, "resumed": 0, "truncated": 0, "seconds": 0.0, "prompt_tokens": 0,
+              "computed_tokens": 0}
     total = min(pre.records, cfg.limit) if cfg.limit else pre.records
     bar = _progress(total, cfg.progress)
     chunk_size = 1 if cfg.routing == "question" else cfg.chunk_size
@@ -115,16 +122,21 @@ def _run_locked(cfg: BatchConfig, scorer, log, pre, label: str, dev, started: fl
         counts["seconds"] += time.time() - t
         routed = (by_domain(delta(after, before), scorer.domains)
                   if before is not None and scorer.domains else None)
-        tokens = sum(item.num_tokens for _, item in batch)
+        # A chunk's routed slots go to its rows by the tokens each made the engine compute
+        # (a shared prefix is counted where it was computed, once).
+        weights = [_computed(item) for _, item in batch]
         per_item = getattr(scorer, "item_routing", None)  # exact per question (--endpoint)
         if per_item is not None:
             rows = [result_row(q, item, ll, own, 1.0) for (q, item), ll, own
                     in zip(batch, lls, per_item, strict=True)]
         else:
-            rows = [result_row(q, item, ll, routed, item.num_tokens / tokens)
-                    for (q, item), ll in zip(batch, lls, strict=True)]
+            total = sum(weights) or 1
+            rows = [result_row(q, item, ll, routed, w / total)
+                    for (q, item), ll, w in zip(batch, lls, weights, strict=True)]
         writer.write_chunk(rows)
         counts["scored"] += len(rows)
+        counts["prompt_tokens"] += sum(item.num_tokens for _, item in batch)
+        counts["computed_tokens"] += sum(weights)
         bar.update(len(rows))
 
     try:
@@ -173,14 +185,41 @@ def _run_locked(cfg: BatchConfig, scorer, log, pre, label: str, dev, started: fl
         "scoring_seconds": finished_at - loaded_at, "engine_seconds": counts["seconds"],
         "wall_seconds": time.time() - started,
         "routing_granularity": _granularity(cfg, scorer),
-        # off whenever routing is counted: cached prompt blocks would skip the router
+        # vLLM: on; routing then counts computed tokens (cached prompt blocks skip the router)
         "prefix_caching": getattr(scorer, "prefix_caching", None),
+        "routing_counts": _counted(scorer),
+        "prompt_tokens_this_run": counts["prompt_tokens"],
+        "computed_tokens_this_run": counts["computed_tokens"],
+        "threads": _threads(scorer),
         "provenance": identity,
     }
     run["throughput_qps"] = counts["scored"] / run["scoring_seconds"] if counts["scored"] else 0.0
     report = summarize(cfg.output, run)
     report["report_files"] = [str(p) for p in write_reports(cfg.output, report, cfg.report_png)]
     return report
+
+
+def _computed(item) -> int:
+    return item.num_tokens if item.computed_tokens is None else item.computed_tokens
+
+
+def _counted(scorer) -> str | None:
+    if not scorer.domains:
+        return None
+    if getattr(scorer, "prefix_caching", False):
+        return ("computed tokens: per layer, routed slots = top_k x the prompt tokens the "
+                "engine computed; a prefix read from vLLM's prefix cache is counted once, "
+                "where it was first computed")
+    return "scored tokens: per layer, routed slots = top_k x every scored prompt token"
+
+
+def _threads(scorer) -> dict | None:
+    plan = getattr(scorer, "cpu_plan", None)
+    if plan is None:
+        return None
+    return {"threads": plan.threads, "cores": list(plan.cpus),
+            "other_engines": {str(pid): list(c) for pid, c in plan.others.items()},
+            "shared_cores": list(plan.shared)}
 
 
 def _granularity(cfg: BatchConfig, scorer) -> str:

@@ -22,6 +22,9 @@ class ScoreItem:
     context: list[int]
     continuations: list[list[int]]
     truncated: bool = False
+    # Prompt tokens the engine computed (not read from its prefix cache); set by scorers
+    # that know it (vLLM). None: every scored token was computed.
+    computed_tokens: int | None = None
 
     @property
     def single_token(self) -> bool:

@@ -9,6 +9,13 @@
   the model instead (`plan_kv_cache`). `--kv-cache-memory-bytes` and `VLLM_CPU_KVCACHE_SPACE`
   still win: vLLM applies the latter while building its config, so both show up as an
   explicit size there.
+- CPU threads for offline jobs (`plan_cpu_threads`): vLLM's CPU executor pins its worker's
+  OpenMP threads to the cores of one NUMA node minus one core per worker it reserves for the
+  API server and engine core (`VLLM_CPU_OMP_THREADS_BIND=auto`), so on a 2-core machine the
+  worker computes on one thread, on core 0, in every vLLM process at once. An offline job
+  has no API server: `build_llm(..., cpu_plan=...)` runs the engine in this process (no
+  engine-core or worker process to spawn, nothing reserved) on the cores the plan chose,
+  avoiding cores that other vLLM engines on the machine already compute on.
 - Shutdown: vLLM uses its request-drain timeout (`--shutdown-timeout`, 0 = abort) also as
   the deadline for its engine processes to exit, so by default it SIGKILLs them at once and
   leaks their shared memory. We give them `ENGINE_EXIT_GRACE_S` to exit on their own.
@@ -20,10 +27,12 @@ nothing heavy is imported at module level.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger("mofe_serve.engine")
@@ -254,6 +263,146 @@ def check_engine_config(vllm_config) -> KvCachePlan | None:
     return plan
 
 
+# --- CPU threads for offline engines ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class CpuPlan:
+    """Where an offline engine computes: `threads` torch threads on `cpus`."""
+
+    cpus: tuple[int, ...]
+    allowed: tuple[int, ...]  # the cores this process may use
+    others: dict[int, tuple[int, ...]] = field(default_factory=dict)  # pid -> its cores
+    shared: tuple[int, ...] = ()  # cores of `cpus` another engine computes on too
+
+    @property
+    def threads(self) -> int:
+        return len(self.cpus)
+
+    def describe(self) -> str:
+        text = (f"offline engine in this process: {self.threads} thread(s) on core(s) "
+                f"{_cores(self.cpus)} of {_cores(self.allowed)}")
+        if self.others:
+            seen = "; ".join(f"pid {pid} on {_cores(cpus)}" for pid, cpus in
+                             sorted(self.others.items()))
+            text += f"; other vLLM engines on this machine: {seen}"
+        if self.shared:
+            text += (f". WARNING: sharing core(s) {_cores(self.shared)} with them: both "
+                     "will run slower (pass --threads to use fewer cores, or stop them)")
+        return text
+
+
+def _cores(cpus) -> str:
+    return ",".join(str(c) for c in cpus) or "none"
+
+
+def plan_cpu_threads(allowed: list[int], others: dict[int, tuple[int, ...]],
+                     threads: int | None = None) -> CpuPlan:
+    """Choose the cores of an offline engine: `threads` of them (default: every allowed core
+    no other vLLM engine computes on, or all allowed cores when none is free), free cores
+    first, then the cores the fewest other engines use. No core is reserved for an API
+    server: an offline engine has none, and its scheduler runs between forward passes."""
+    allowed = sorted(set(allowed))
+    if not allowed:
+        raise EngineSetupError("this process may run on no CPU core (empty CPU affinity)")
+    if threads is not None and not 1 <= threads <= len(allowed):
+        raise EngineSetupError(
+            f"--threads {threads}: must be between 1 and the {len(allowed)} core(s) this "
+            f"process may use ({_cores(allowed)})")
+    load = {c: 0 for c in allowed}
+    for cpus in others.values():
+        for c in cpus:
+            if c in load:
+                load[c] += 1
+    free = [c for c in allowed if not load[c]]
+    n = threads or len(free) or len(allowed)
+    chosen = sorted(sorted(allowed, key=lambda c: (load[c], c))[:n])
+    return CpuPlan(tuple(chosen), tuple(allowed), dict(others),
+                   tuple(c for c in chosen if load[c]))
+
+
+def _is_offline_mofe_engine(cmdline: list[str]) -> bool:
+    """`mofe batch` (the console script or `-m mofe_cli`): an in-process offline engine."""
+    words = [os.path.basename(w) for w in cmdline[:4]]
+    return "batch" in cmdline[:6] and ("mofe" in words or "mofe_cli" in cmdline[:4])
+
+
+def _thread_cpus(proc) -> set[int]:
+    """Union of the CPU affinities of a process's threads."""
+    cpus: set[int] = set()
+    for thread in proc.threads():
+        with contextlib.suppress(OSError):
+            cpus |= os.sched_getaffinity(thread.id)
+    return cpus
+
+
+def other_engine_cpus() -> dict[int, tuple[int, ...]]:
+    """Cores that other vLLM engines on this machine compute on, by pid: vLLM CPU workers
+    (process title `VLLM::Worker...`, cores from the `OMP_PLACES` vLLM gave them, else their
+    threads' affinity) and other `mofe batch` processes (their threads' affinity). This
+    process is not counted; engines it started (e.g. a server) are."""
+    import psutil
+
+    found: dict[int, tuple[int, ...]] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if proc.pid == os.getpid() or not cmdline:
+            continue
+        try:
+            if cmdline[0].startswith("VLLM::Worker"):
+                places = proc.environ().get("OMP_PLACES", "")
+                cpus = ({int(c) for c in places.strip("{}").split(",") if c.strip().isdigit()}
+                        or _thread_cpus(proc))
+            elif _is_offline_mofe_engine(cmdline):
+                cpus = _thread_cpus(proc)
+            else:
+                continue
+        except (psutil.Error, OSError):
+            continue
+        if cpus:
+            found[proc.pid] = tuple(sorted(cpus))
+    return found
+
+
+def plan_offline_cpus(threads: int | None = None) -> CpuPlan | None:
+    """The CPU plan of an offline engine on this machine, or None when not on CPU;
+    `build_llm` logs it (once vLLM's logging is configured)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return None
+    return plan_cpu_threads(sorted(os.sched_getaffinity(0)), other_engine_cpus(), threads)
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _pin_threads(cpus: tuple[int, ...]) -> Callable[[], None]:
+    """Pin every thread of this process (and so the threads they start) to `cpus`; returns
+    a function restoring each thread's previous affinity."""
+    before: dict[int, set[int]] = {}
+    for tid in map(int, os.listdir("/proc/self/task")):
+        with contextlib.suppress(OSError):  # a thread that just exited
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+
+    def restore() -> None:
+        for tid, mask in before.items():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, mask)
+    return restore
+
+
 # --- building and closing engines -----------------------------------------------------------
 
 def prepare_server_args(args) -> KvCachePlan | None:
@@ -270,11 +419,19 @@ def prepare_server_args(args) -> KvCachePlan | None:
     return plan
 
 
-def build_llm(model: str, count_routing: bool = True, family: list | None = None, **kwargs):
+def build_llm(model: str, count_routing: bool = True, family: list | None = None,
+              cpu_plan: CpuPlan | None = None, **kwargs):
     """A `vllm.LLM` for `model` (the counting model unless `count_routing` is False), with
     the same checks and KV-cache sizing as `mofe serve`. `family`: checkpoint directories of
     several variants (the first is `model`), served by one family engine; each request then
-    names its variant in `SamplingParams.extra_args[VARIANT_ARG]`."""
+    names its variant in `SamplingParams.extra_args[VARIANT_ARG]`.
+
+    With a `cpu_plan` (offline jobs on CPU, `plan_offline_cpus`) the engine runs in this
+    process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, single-process executor) with the plan's
+    threads pinned to its cores; `close_llm` restores this process's threads' affinity.
+    Without one, vLLM's default: an engine-core and a worker process, the worker pinned by
+    `VLLM_CPU_OMP_THREADS_BIND`.
+    """
     from vllm import LLM
     from vllm.engine.arg_utils import EngineArgs
     from vllm.usage.usage_lib import UsageContext
@@ -282,11 +439,60 @@ def build_llm(model: str, count_routing: bool = True, family: list | None = None
     check_parallelism(kwargs.get("pipeline_parallel_size"), kwargs.get("data_parallel_size"))
     if count_routing:
         kwargs.update(counting_engine_kwargs(family))
-    config = EngineArgs(model=model, **kwargs).create_engine_config(UsageContext.LLM_CLASS)
-    plan = check_engine_config(config)
-    if plan is not None:
-        kwargs["kv_cache_memory_bytes"] = plan.reserve_bytes
-    return LLM(model=model, **kwargs)
+    if cpu_plan is None:
+        config = EngineArgs(model=model, **kwargs).create_engine_config(UsageContext.LLM_CLASS)
+        plan = check_engine_config(config)
+        if plan is not None:
+            kwargs["kv_cache_memory_bytes"] = plan.reserve_bytes
+        return LLM(model=model, **kwargs)
+    if (kwargs.get("tensor_parallel_size") or 1) > 1:
+        raise EngineSetupError("an in-process offline engine runs one worker: "
+                               "--tensor-parallel-size must be 1")
+    import torch
+
+    if count_routing:
+        _register_model_class_here(family)
+    kwargs["distributed_executor_backend"] = "uni"
+    # OMP_NUM_THREADS: vLLM otherwise drops this process's torch threads to 1 ("for
+    # serving"); the engine reads VLLM_ENABLE_V1_MULTIPROCESSING only while it is built.
+    with _env({"VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+               "OMP_NUM_THREADS": str(cpu_plan.threads)}):
+        config = EngineArgs(model=model, **kwargs).create_engine_config(UsageContext.LLM_CLASS)
+        plan = check_engine_config(config)
+        if plan is not None:
+            kwargs["kv_cache_memory_bytes"] = plan.reserve_bytes
+        use_vllm_log_handlers()
+        (logger.warning if cpu_plan.shared else logger.info)("%s", cpu_plan.describe())
+        restore = _pin_threads(cpu_plan.cpus)
+        set_num_threads = torch.set_num_threads  # vLLM's CPU worker replaces it with a no-op
+        try:
+            llm = LLM(model=model, **kwargs)
+        except BaseException:
+            restore()
+            raise
+        finally:
+            torch.set_num_threads = set_num_threads
+    torch.set_num_threads(cpu_plan.threads)
+    llm.mofe_cpu_plan = cpu_plan
+    llm.mofe_restore_affinity = restore
+    return llm
+
+
+def _register_model_class_here(family: list | None = None) -> None:
+    """For an in-process engine: register the counting model's class itself, not its import
+    string. vLLM inspects a class registered by string in a fresh subprocess (importing
+    vLLM there: about 10 s here) whenever its model-info cache misses (first run, any change
+    to the model's module); a class is inspected in this process, which imports it anyway."""
+    from vllm import ModelRegistry
+
+    if family is not None and len(family) > 1:
+        from .family_model import MoFEFamilyMixtralForCausalLM
+
+        ModelRegistry.register_model(FAMILY_ARCHITECTURE, MoFEFamilyMixtralForCausalLM)
+        return
+    from .model import MoFEMixtralForCausalLM
+
+    ModelRegistry.register_model(ARCHITECTURE, MoFEMixtralForCausalLM)
 
 
 def close_llm(llm) -> None:
@@ -294,8 +500,13 @@ def close_llm(llm) -> None:
     on their own so their shared memory is released."""
     engine = getattr(llm, "llm_engine", None)
     core = getattr(engine, "engine_core", None)
-    if core is not None:
-        core.shutdown(timeout=ENGINE_EXIT_GRACE_S)
+    try:
+        if core is not None:
+            core.shutdown(timeout=ENGINE_EXIT_GRACE_S)
+    finally:
+        restore = getattr(llm, "mofe_restore_affinity", None)
+        if restore is not None:
+            restore()
 
 
 def shut_down_in_order(engine_client, loop: asyncio.AbstractEventLoop,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -79,10 +80,14 @@ def test_run_batch_writes_rows_reports_and_routing_shares(vllm_scorer, medmcqa_r
         assert set(r["expert_share"]) == domains
         assert sum(r["expert_share"].values()) == pytest.approx(1.0)
         assert r["correct"] == (r["prediction"] == r["gold"])
-    # Every scored prompt token was routed to top_k experts in every layer, and nothing else
-    # (the engine's warm-up and the sampled token are not counted).
+    # Every prompt token the engine computed was routed to top_k experts in every layer, and
+    # nothing else (the engine's warm-up and the sampled token are not counted). The first
+    # test scored the same questions, so their prompt blocks now come from the prefix cache.
     routed = sum(sum(r["routed_tokens"].values()) for r in results)
-    assert routed == pytest.approx(layers * top_k * sum(r["num_tokens"] for r in results))
+    computed = sum(r["computed_tokens"] for r in results)
+    assert routed == pytest.approx(layers * top_k * computed)
+    assert computed < sum(r["num_tokens"] for r in results)
+    assert report["computed_tokens_this_run"] == computed
     subjects = {r["subject_name"] for r in medmcqa_rows[:30]}
     assert set(report["subjects"]) == subjects
     for s, block in report["subjects"].items():
@@ -107,8 +112,8 @@ def test_per_question_routing_is_exact_per_row(vllm_scorer, medmcqa_rows, tmp_pa
     rows = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(rows) == 6
     shares = set()
-    for r in rows:  # each row's own delta: 4 layers x top-2 x its prompt tokens
-        assert sum(r["routed_tokens"].values()) == 4 * 2 * r["num_tokens"]
+    for r in rows:  # each row's own delta: 4 layers x top-2 x its computed prompt tokens
+        assert sum(r["routed_tokens"].values()) == 4 * 2 * r["computed_tokens"]
         shares.add(round(r["expert_share"]["medical"], 6))
     assert len(shares) > 1  # shares really are per question, not one chunk's
 
@@ -116,9 +121,12 @@ def test_per_question_routing_is_exact_per_row(vllm_scorer, medmcqa_rows, tmp_pa
 def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, medmcqa_rows,
                                                                    tmp_path):
     """Every prompt starts with the same preamble, longer than several KV blocks (the
-    session engine uses block size 32) and than the CPU default block (128). With prefix
-    caching on, the later chunks' preamble blocks come from the cache and never reach the
-    router; counts must still cover every scored prompt token in every layer."""
+    session engine uses block size 32) and than the CPU default block (128). Prefix caching
+    is on: the preamble's whole blocks are computed once, by the first question, and read
+    from the cache by the other seven. The documented rule: per layer, routed slots =
+    top_k x computed tokens, where each prompt computes all but the whole KV blocks it
+    shares with a prompt computed before it (here the questions run one after another:
+    chunks of 2, each chunk's first prompt alone first)."""
     preamble = "You are a careful medical expert answering exam questions. " * 10
     template = preamble + "\nQuestion: {{ question }}\n" + \
         "{% for o in options %}{{ letters[loop.index0] }}. {{ o }}\n{% endfor %}Answer:"
@@ -130,18 +138,60 @@ def test_routing_counts_are_exact_when_prompts_share_a_long_prefix(vllm_scorer, 
                       template=str(tmp_path / "t.j2"), progress=False, dtype="float32")
     prefix_tokens = len(vllm_scorer.tokenizer(preamble)["input_ids"])
     assert prefix_tokens > 128  # longer than one block of any default size
+    builder = PromptBuilder("medmcqa", template=str(tmp_path / "t.j2"))
+    contexts = [build_item(vllm_scorer.tokenizer, builder.context(q), builder.continuations(q))
+                .context for q in (parse_row("medmcqa", r, i + 1) for i, r in enumerate(rows))]
+    block = vllm_scorer.block_size
+
+    def cached(i: int) -> int:  # whole blocks shared with an earlier prompt (never the last
+        # token: vLLM computes at least one)
+        best = max(len(os.path.commonprefix([contexts[i], c])) for c in contexts[:i])
+        return min(best, len(contexts[i]) - 1) // block * block
+
+    expected_cached = [0] + [cached(i) for i in range(1, len(contexts))]
+    preamble_blocks = len(os.path.commonprefix(contexts)) // block * block
+    assert preamble_blocks >= 128 and min(expected_cached[1:]) >= preamble_blocks
     before = vllm_scorer.routing_snapshot()
     report = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)
     after = vllm_scorer.routing_snapshot()
     results = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(results) == 8
     scored = sum(r["num_tokens"] for r in results)
+    computed = sum(r["computed_tokens"] for r in results)
+    assert [r["computed_tokens"] for r in sorted(results, key=lambda r: r["position"])] == \
+        [len(c) - k for c, k in zip(contexts, expected_cached, strict=True)]
+    assert computed == scored - sum(expected_cached)  # the preamble computed once
     top_k = 2
     per_layer = [sum(a) - sum(b) for a, b in zip(after, before, strict=True)]
-    assert per_layer == [top_k * scored] * len(per_layer)
+    assert per_layer == [top_k * computed] * len(per_layer)
     routed = sum(sum(r["routed_tokens"].values()) for r in results)
-    assert routed == pytest.approx(len(per_layer) * top_k * scored)
-    assert report["prefix_caching"] is False
+    assert routed == pytest.approx(len(per_layer) * top_k * computed)
+    assert report["prefix_caching"] is True
+    assert report["routing_counts"].startswith("computed tokens")
+    assert (report["prompt_tokens_this_run"], report["computed_tokens_this_run"]) == \
+        (scored, computed)
+
+
+def test_engine_computes_in_this_process_on_the_planned_cores(vllm_scorer, medmcqa_rows):
+    """The offline engine runs in the test process (no engine-core or worker process) with
+    the planned number of torch threads, every thread pinned to the planned cores; no core
+    is held back for an API server."""
+    import psutil
+    import torch
+
+    plan = vllm_scorer.cpu_plan
+    assert plan is not None and plan.threads == len(plan.cpus) >= 1
+    assert set(plan.cpus) | set(plan.shared) <= set(plan.allowed)
+    if not plan.others:  # nothing else computing here: every core this process may use
+        assert plan.cpus == plan.allowed
+    item = build_item(vllm_scorer.tokenizer, "Question: which organ? Answer:", [" A", " B"])
+    vllm_scorer.score([item] * 4)
+    assert torch.get_num_threads() == plan.threads
+    me = psutil.Process()
+    assert not [p for p in me.children(recursive=True)
+                if p.cmdline() and p.cmdline()[0].startswith("VLLM::")]
+    for thread in me.threads():  # the OpenMP threads that ran the forward pass included
+        assert os.sched_getaffinity(thread.id) <= set(plan.cpus)
 
 
 def test_vllm_resume_with_other_settings_is_refused_before_scoring(vllm_scorer, tiny_mofe,

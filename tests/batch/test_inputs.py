@@ -70,6 +70,40 @@ def test_shots_are_seeded_per_question_and_exclude_the_question():
     assert context.endswith("D. heparin\nAnswer:")
 
 
+def test_impossible_threads_are_refused_before_anything_is_written(tmp_path):
+    import os
+
+    src = write_jsonl(tmp_path / "in.jsonl", [ROW])
+    cores = len(os.sched_getaffinity(0))
+    result = CliRunner().invoke(batch_cli, [str(tmp_path / "no-model"), "--task", "medmcqa",
+                                            "--input", str(src), "--output",
+                                            str(tmp_path / "out.jsonl"), "--threads",
+                                            str(cores + 1)])
+    assert result.exit_code != 0
+    assert f"--threads {cores + 1}: must be between 1 and the {cores} core(s)" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_mmlu_shots_are_the_first_dev_rows_of_the_subject_as_lm_eval():
+    """lm-eval's MMLU tasks use `sampler: first_n` over the subject's dev split: every
+    question of a subject gets the same shots, so its prompts share one prefix."""
+    def mmlu(i, subject, prefix="q"):
+        return parse_row("mmlu", {"id": f"{prefix}{i}", "question": f"Q{i}?", "subject": subject,
+                                  "choices": ["w", "x", "y", "z"], "answer": i % 4}, i + 1)
+
+    dev = [mmlu(i, "anatomy" if i % 2 else "virology", "d") for i in range(8)]
+    builder = PromptBuilder("mmlu", shots=3, dev=dev, seed=7)
+    a, b = mmlu(0, "anatomy"), mmlu(1, "anatomy")
+    assert [s.id for s in builder.draw_shots(a)] == ["d1", "d3", "d5"]
+    head = ("The following are multiple choice questions (with answers) about anatomy.\n\n"
+            "Q1?\nA. w\nB. x\nC. y\nD. z\nAnswer: B\n\n")
+    assert builder.context(a).startswith(head)
+    shared = builder.context(a)[:-len("Q0?\nA. w\nB. x\nC. y\nD. z\nAnswer:")]
+    assert builder.context(b).startswith(shared)
+    with pytest.raises(ValueError, match="has 4 labeled rows of subject 'anatomy'"):
+        PromptBuilder("mmlu", shots=5, dev=dev).draw_shots(a)
+
+
 def test_custom_template_from_text_and_file(tmp_path):
     q = parse_row("mcq", {"id": "x", "question": "Q?", "options": ["yes", "no", "n/a"],
                           "answer": "B"}, 1)
