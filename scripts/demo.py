@@ -133,7 +133,7 @@ def main() -> None:
         console.rule("[bold]6. chat completion through the openai client")
         reply = client.chat.completions.create(
             model=model, max_tokens=32, temperature=0,
-            messages=[{"role": "user", "content": "What is metformin used for?"}])
+            messages=[{"role": "user", "content": "What is gustumide used for?"}])
         console.print(f"[bold]{model}[/]: {reply.choices[0].message.content!r}")
         console.print(f"usage: {reply.usage}")
         console.rule("[bold]7. routing per layer and domain")
