@@ -63,9 +63,7 @@ class MergeConfig(_Strict):
 
 class DataFile(_Strict):
     path: str
-    # text: plain `text` rows, loss on every token (continued pretraining); the others are
-    # instruction formats, loss on the answer only
-    format: Literal["chat", "alpaca", "medmcqa", "mmlu", "text"] = "chat"
+    format: Literal["chat", "alpaca", "medmcqa", "mmlu"] = "chat"
     limit: int | None = Field(None, ge=1, description="use only the first N rows")
 
     @model_validator(mode="before")
