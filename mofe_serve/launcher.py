@@ -150,8 +150,9 @@ async def _build_and_serve(engine_client, listen_address, sock, args, served, ro
     model_of_request = None
     if family:
         from .family_serving import request_variant_name as model_of_request
-    domain_share = RequestDomainShare(served.names[0], prometheus_client.REGISTRY,
-                                      model_of_request)
+    domain_share = RequestDomainShare(
+        served.names[0], prometheus_client.REGISTRY, model_of_request,
+        series=[(r.name, d) for r in routed for d in dict.fromkeys(r.domains)])
     fetcher = SummaryFetcher(engine_client, served.domains, on_summary=domain_share.observe)
     if routing.access_log_domain:
         from .routing import access_log

@@ -160,7 +160,8 @@ class RequestDomainShare:
     summary (requests that opted in to per-request routing; mofe_serve.routing.opt_in)."""
 
     def __init__(self, model: str, registry: CollectorRegistry,
-                 model_of_request: Callable[[], str | None] | None = None):
+                 model_of_request: Callable[[], str | None] | None = None,
+                 series: list[tuple[str, str]] = ()):
         # model_of_request: the current request's model on a server running several (a
         # family), else None and every observation carries `model`.
         self.model, self.registry = model, registry
@@ -170,6 +171,10 @@ class RequestDomainShare:
             "share of its routed slots (all layers, all top-k choices) that went to each "
             "domain's experts", ["model", "domain"], buckets=DOMAIN_SHARE_BUCKETS,
             registry=registry)
+        # Every (model, domain) series exists from start-up, at zero, so dashboards, alerts
+        # and scrapers see the histogram before the first request opts in.
+        for labels in series:
+            self.histogram.labels(*labels)
 
     def observe(self, summary: dict) -> None:
         model = self.model_of_request() or self.model

@@ -69,8 +69,11 @@ def vllm_scorer(tiny_mofe_per_expert, tmp_path_factory):
     assert any("offline engine in this process" in line for line in ours.lines), ours.lines
     # In-process: no engine-core or worker process was started (multiprocessing's resource
     # tracker may start and lives as long as pytest).
+    # Processes of a test server that was already running (its engine may still be
+    # spawning) are not this engine's.
     started = [p for p in psutil.Process().children(recursive=True)
-               if p.pid not in running and "resource_tracker" not in " ".join(p.cmdline())]
+               if p.pid not in running and not running & {a.pid for a in p.parents()}
+               and "resource_tracker" not in " ".join(p.cmdline())]
     assert not started, started
     scorer.domains = load_domains(tiny_mofe_per_expert, 4)
     yield scorer

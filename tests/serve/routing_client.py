@@ -22,8 +22,9 @@ def reset_routing(server) -> dict:
     return r.json()
 
 
-def routing_after(server, t: float, timeout: float = 30) -> dict:
-    """The first routing snapshot whose worker read started after unix time `t`."""
+def routing_after(server, t: float, timeout: float = 75) -> dict:
+    """The first routing snapshot whose worker read started after unix time `t` (an idle
+    server reads every 30 s, so wait longer than that)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         data = get_routing(server)
