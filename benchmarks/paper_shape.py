@@ -93,6 +93,24 @@ def run(name: str, argv: list[str], log: Path, ok=(0,)) -> dict:
     return result
 
 
+def register_bytes(result: dict, checkpoint: Path, registry: Path) -> dict:
+    """What registering stored: new bytes on disk vs bytes hard-linked from the checkpoint
+    (each inode once, `registry_dedup.dir_bytes`), and the checkpoint's own size."""
+    from benchmarks.registry_dedup import dir_bytes
+
+    stored = dir_bytes(registry)
+    both = dir_bytes(registry, checkpoint)
+    ckpt = dir_bytes(checkpoint)
+    result.update(checkpoint_gib=ckpt / GIB, stored_gib=stored / GIB,
+                  written_gib=(both - ckpt) / GIB, linked_from_checkpoint_gib=
+                  (stored - (both - ckpt)) / GIB)
+    print(f"register: checkpoint {ckpt / GIB:.2f} GiB; registry {stored / GIB:.2f} GiB, of "
+          f"which {(both - ckpt) / GIB:.2f} GiB newly written and "
+          f"{(stored - both + ckpt) / GIB:.2f} GiB hard links to the checkpoint's files",
+          flush=True)
+    return result
+
+
 def serve(ckpt: Path, log: Path) -> dict:
     from openai import OpenAI
 
@@ -175,9 +193,10 @@ def main() -> None:
         results.append(run("verify", [MOFE, "verify", str(out)], logs / "verify.log"))
     if "register" in steps:
         shutil.rmtree(registry, ignore_errors=True)
-        results.append(run("register", [MOFE, "registry", "--registry", str(registry),
-                                        "register", str(out), "--name", "paper"],
-                           logs / "register.log"))
+        results.append(register_bytes(
+            run("register", [MOFE, "registry", "--registry", str(registry), "register",
+                             str(out), "--name", "paper"], logs / "register.log"),
+            out, registry))
     if "serve" in steps:
         results.append(serve(out, logs / "serve.log"))
     if "batch" in steps:

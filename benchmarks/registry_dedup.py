@@ -1,7 +1,7 @@
 """Frozen experts stored once: bytes on disk and register/resolve times of the registry.
 
     .venv/bin/python benchmarks/registry_dedup.py [--hidden 512 --experts 8 ...] [--rounds 2]
-                                                  [--metadata sqlite]
+                                                  [--metadata postgresql|sqlite|URL]
 
 Builds one random "merge" (a Mixtral whose experts dominate its size, by
 training/test_models.py), derives 3 MoFE variants from it (same experts, other embeddings,
@@ -10,19 +10,24 @@ attention, norms, routers and lm_head: what MoFE training changes) plus 1 unrela
   local:  SQLite + the local folder store (hard links into blobs/)
   s3:     SQLite + the fsspec store on an S3-compatible server (moto on loopback, standing in
           for a bucket: its times are moto's, in this process, not a real S3's)
-alternating the set-ups (ABBA over --rounds). Prints bytes stored (each inode counted once;
+  pg-s3:  PostgreSQL metadata + the same S3 stand-in, opened from the team URL as users give
+          it (postgresql://...?artifacts=s3://..., endpoint and keys from AWS_* variables)
+alternating the set-ups (ABCCBA over --rounds). Prints bytes stored (each inode counted once;
 objects under the bucket prefix) against the sum of the checkpoint sizes, register and resolve
 times (resolve on S3: a second node with an empty cache), and the same figure computed from
 tensor sizes for 4 TinyLlama-shaped experts and 10 variants.
 
---metadata: `sqlite` (default). A PostgreSQL URL is the hook for the PostgreSQL store
-(issue 13 item 3): `_registry` passes it on once that store exists.
+--metadata: `postgresql` (default): a throw-away PostgreSQL cluster (benchmarks/pg_cluster.py,
+a real server on a Unix socket, fsync off, a fresh database per run). `sqlite`: leave out
+pg-s3. A postgresql:// URL: an existing database (model names carry the round, so runs do
+not collide; what they register stays there).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import socket
 import stat
@@ -37,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from model_registry.checkpoint import EXPERT_PARAM_MARKERS, weight_files  # noqa: E402
+from model_registry.config import CACHE_ENV  # noqa: E402
 from model_registry.registry import Registry  # noqa: E402
 
 GiB = 1 << 30
@@ -106,38 +112,73 @@ class MotoS3:
     def stop(self):
         self.server.stop()
 
-
-def _registry(root: Path, metadata: str, **kwargs) -> Registry:
-    if metadata != "sqlite":  # the hook for the PostgreSQL MetadataStore (issue 13 item 3)
-        raise SystemExit(f"--metadata {metadata}: only sqlite on this branch; pass the "
-                         "PostgreSQL MetadataStore as Registry(metadata=...) here")
-    return Registry(root, **kwargs)
+    def environ(self) -> dict[str, str]:
+        """The endpoint and keys as a user of the team URL gives them (boto's variables)."""
+        return {"AWS_ENDPOINT_URL": self.options["endpoint_url"], "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-def run_setup(kind: str, models: list[Path], work: Path, metadata: str, s3: MotoS3 | None,
+class Postgres:
+    """Where pg-s3 keeps its metadata: a fresh database of a throw-away cluster per run,
+    or the database of a given URL."""
+
+    def __init__(self, url: str | None):
+        self.url, self.cluster = url, None
+        if url is None:
+            from benchmarks.pg_cluster import PostgresCluster, find_bindir
+
+            bindir = find_bindir()
+            if bindir is None:
+                raise SystemExit("--metadata postgresql: no PostgreSQL server binaries "
+                                 "(initdb, pg_ctl); install Debian's `postgresql`, or pass "
+                                 "--metadata sqlite")
+            self.cluster = PostgresCluster(bindir).start()
+
+    def database(self) -> str:
+        """libpq URL of an empty database (the given URL: the same database every run)."""
+        if self.cluster is None:
+            return self.url
+        return self.cluster.conninfo(self.cluster.create_database())
+
+    def stop(self):
+        if self.cluster is not None:
+            self.cluster.stop()
+
+
+def _registry(kind: str, root: Path, s3: MotoS3, pg_url: str | None, tag: str, node: str,
+              read_only: bool = False) -> Registry:
+    if kind == "local":
+        return Registry(root, read_only=read_only)
+    cache = root / f"{node}-cache"
+    if kind == "s3":
+        return Registry(root, artifacts=f"s3://mofe-bench/{tag}", cache_dir=cache,
+                        storage_options=s3.options, read_only=read_only)
+    # pg-s3: the team URL, read as `mofe` reads it (config.py); the node cache from its
+    # variable, the endpoint and keys from boto's (MotoS3.environ, set in main)
+    os.environ[CACHE_ENV] = str(cache)
+    sep = "&" if "?" in pg_url else "?"
+    return Registry(f"{pg_url}{sep}artifacts=s3://mofe-bench/pg-{tag}", read_only=read_only)
+
+
+def run_setup(kind: str, models: list[Path], work: Path, s3: MotoS3, pg: Postgres | None,
               tag: str) -> dict:
     root = work / f"{kind}-{tag}"
-    kwargs = {}
-    if kind == "s3":
-        kwargs = {"artifacts": f"s3://mofe-bench/{tag}", "cache_dir": root / "node1-cache",
-                  "storage_options": s3.options}
+    pg_url = pg.database() if kind == "pg-s3" else None
     out = {"register_s": [], "stored_after": []}
-    with _registry(root, metadata, **kwargs) as reg:
+    with _registry(kind, root, s3, pg_url, tag, "node1") as reg:
         for i, model in enumerate(models):
             start = time.perf_counter()
-            reg.register(model, f"m{i}")
+            reg.register(model, f"m{i}-{tag}")
             out["register_s"].append(time.perf_counter() - start)
             out["stored_after"].append(stored_bytes(kind, reg, root))
-    # resolve: local = the registering machine; s3 = a second node with an empty cache
-    if kind == "s3":
-        kwargs["cache_dir"] = root / "node2-cache"
-    with _registry(root, metadata, read_only=True, **kwargs) as reader:
+    # resolve: local = the registering machine; s3, pg-s3 = a second node, empty cache
+    with _registry(kind, root, s3, pg_url, tag, "node2", read_only=True) as reader:
         out["resolve_s"] = []
         for i in range(len(models)):
             start = time.perf_counter()
-            reader.resolve(f"m{i}")
+            reader.resolve(f"m{i}-{tag}")
             out["resolve_s"].append(time.perf_counter() - start)
-        if kind == "s3":
+        if kind != "local":
             out["downloaded"] = len(reader.artifacts.downloads)
             out["node_cache_bytes"] = dir_bytes(root / "node2-cache")
     shutil.rmtree(root, ignore_errors=True)
@@ -202,29 +243,38 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=2)
     ap.add_argument("--vocab", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=2, help="ABBA rounds of local and s3")
-    ap.add_argument("--metadata", default="sqlite",
-                    help="sqlite (default), or a PostgreSQL URL once that store exists")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of the set-ups, order reversed every other round (ABBA)")
+    ap.add_argument("--metadata", default="postgresql",
+                    help="postgresql (default: a throw-away cluster), sqlite (no pg-s3), or "
+                    "a postgresql:// URL of an existing database")
     opts = ap.parse_args()
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request log
     work = Path(tempfile.mkdtemp(prefix="mofe-dedup-bench-"))
     s3 = MotoS3()
+    os.environ.update(s3.environ())
+    kinds = ("local", "s3") if opts.metadata == "sqlite" else ("local", "s3", "pg-s3")
+    pg = None
     try:
+        if "pg-s3" in kinds:
+            pg = Postgres(None if opts.metadata == "postgresql" else opts.metadata)
         variants, unrelated = build_models(work / "models", opts)
         models = [*variants, unrelated]
         sizes = [dir_bytes(m) for m in models]
         one = sizes[0]
         print(f"models: 3 variants + 1 unrelated, {opts.layers} layers, hidden {opts.hidden}, "
               f"{opts.experts} experts, bf16; one checkpoint {one / 2**20:.1f} MiB", flush=True)
-        results: dict[str, list[dict]] = {"local": [], "s3": []}
+        results: dict[str, list[dict]] = {kind: [] for kind in kinds}
         for r in range(opts.rounds):
-            for kind in ("local", "s3") if r % 2 == 0 else ("s3", "local"):
-                res = run_setup(kind, models, work, opts.metadata, s3, f"r{r}")
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                res = run_setup(kind, models, work, s3, pg, f"r{r}")
                 results[kind].append(res)
                 print(f"round {r} {kind:5s} register {[round(x, 2) for x in res['register_s']]}"
                       f" resolve {[round(x, 3) for x in res['resolve_s']]}", flush=True)
         rss = register_peak_rss(models[0], work)
     finally:
+        if pg is not None:
+            pg.stop()
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -237,16 +287,17 @@ def main() -> None:
         after4 = runs[0]["stored_after"][3]
         reg = [x for run in runs for x in run["register_s"]]
         res = [x for run in runs for x in run["resolve_s"]]
-        label = {"local": f"{opts.metadata} + local folder",
-                 "s3": f"{opts.metadata} + S3 (moto)"}[kind]
+        label = {"local": "SQLite + local folder", "s3": "SQLite + S3 (moto)",
+                 "pg-s3": "PostgreSQL + S3 (moto)"}[kind]
         print(f"| {label} | {after3 / 2**20:.1f} MiB | **{after3 / one:.3f}×** | "
               f"{after4 / 2**20:.1f} MiB | {sum(sizes) / 2**20:.1f} MiB | {_spread(reg)} | "
               f"{_spread(res, 3)} |")
     print(f"\nPeak RSS of `mofe registry register` (one variant, own process): {rss:.0f} MiB "
           f"for a {one / 2**20:.0f} MiB checkpoint")
-    s3run = results["s3"][0]
-    print(f"\nS3 second node: {s3run['downloaded']} objects downloaded for 4 versions, cache "
-          f"{s3run['node_cache_bytes'] / 2**20:.1f} MiB on disk (each shared blob once)")
+    for kind in kinds[1:]:
+        run = results[kind][0]
+        print(f"\n{kind} second node: {run['downloaded']} objects downloaded for 4 versions, "
+              f"cache {run['node_cache_bytes'] / 2**20:.1f} MiB on disk (each shared blob once)")
     p = paper_figure()
     print("\nOn paper: 4 TinyLlama-shaped experts (hidden 2048, intermediate 5632, 22 layers, "
           "vocab 32000, 32 heads / 4 KV heads), bf16")

@@ -9,9 +9,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from pg_cluster import PostgresCluster, find_bindir
 from registry_support import Backend
 
+from benchmarks.pg_cluster import PostgresCluster, find_bindir
 from model_registry.registry import Registry
 from training.test_models import FormatKit, build_format_kit
 

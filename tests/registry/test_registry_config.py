@@ -6,8 +6,8 @@ from __future__ import annotations
 import platformdirs
 import pytest
 from click.testing import CliRunner
-from pg_cluster import PostgresCluster
 
+from benchmarks.pg_cluster import PostgresCluster
 from model_registry.cli import registry_cli
 from model_registry.config import open_registry, parse_location
 from model_registry.errors import LocationError, RegistryError

@@ -1,4 +1,6 @@
-"""A throw-away PostgreSQL cluster for the registry tests: a real server, never a fake.
+"""A throw-away PostgreSQL cluster: a real server, never a fake. Used by the registry tests
+(tests/registry/conftest.py) and benchmarks/registry_dedup.py; it lives here because
+benchmarks never import tests/.
 
 initdb in a private temp dir, listening only on a Unix socket in that dir (no TCP port, so
 clusters of parallel test sessions cannot collide), superuser `mofe`, trust auth on the
@@ -49,7 +51,7 @@ def _server_user() -> str | None:
         except KeyError:
             continue
     raise RuntimeError("running as root and neither a 'postgres' nor a 'nobody' user exists "
-                       "to run the test PostgreSQL server as")
+                       "to run the throw-away PostgreSQL server as")
 
 
 class PostgresCluster:
