@@ -67,11 +67,16 @@ class Runner:
         self.input_batch.req_id_to_index = {r: i for i, r in enumerate(order)}
 
 
-def test_totals_and_per_request_sums_by_key():
+def _installed():
+    """Counters enabled, a stand-in runner, and the step hook installed on it."""
     counters = RoutingCounters(LAYERS, EXPERTS, TOP_K, max_tokens=16)
     counters.set_enabled(True)
     runner = Runner(counters)
-    hook = StepRouting.install(runner, counters)
+    return counters, runner, StepRouting.install(runner, counters)
+
+
+def test_totals_and_per_request_sums_by_key():
+    counters, runner, hook = _installed()
     assert StepRouting.install(runner, counters) is hook  # installed once
 
     # Prefill: a (key k, prompt 3), b (not opted in, prompt 2), c (key k: a's sibling, 3).
@@ -97,10 +102,7 @@ def test_totals_and_per_request_sums_by_key():
 
 
 def test_steps_without_opted_in_requests_do_no_per_request_work():
-    counters = RoutingCounters(LAYERS, EXPERTS, TOP_K, max_tokens=16)
-    counters.set_enabled(True)
-    runner = Runner(counters)
-    hook = StepRouting.install(runner, counters)
+    counters, runner, hook = _installed()
     runner.schedule(["x"])
     runner.execute_model(_output([_new("x", 4, None)], {}, {"x": 4}))
     assert int(hook.requests.tokens.sum()) == 0 and not hook.requests.req_key  # not touched
@@ -118,10 +120,7 @@ def test_unfetched_summaries_make_room_oldest_first():
 
 
 def test_a_runner_without_a_token_map_keeps_totals_and_says_why():
-    counters = RoutingCounters(LAYERS, EXPERTS, TOP_K, max_tokens=16)
-    counters.set_enabled(True)
-    runner = Runner(counters)
-    hook = StepRouting.install(runner, counters)
+    counters, runner, hook = _installed()
     runner.schedule(["a"])
     runner.req_indices = None  # e.g. a runner other than vLLM's V1 runner
     runner.execute_model(_output([_new("a", 3, "k")], {}, {"a": 3}))
@@ -134,10 +133,7 @@ def test_after_step_callback_groups_tokens_by_any_row_table():
     gathered through the step's token map, aggregated into caller-owned sums."""
     from mofe_serve.step_routing import token_rows
 
-    counters = RoutingCounters(LAYERS, EXPERTS, TOP_K, max_tokens=16)
-    counters.set_enabled(True)
-    runner = Runner(counters)
-    hook = StepRouting.install(runner, counters)
+    counters, runner, hook = _installed()
     groups = 2
     sums = torch.zeros((groups + 1) * LAYERS * EXPERTS, dtype=torch.int64)
     gates = torch.zeros_like(sums, dtype=torch.float64)
