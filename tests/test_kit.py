@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,55 @@ def test_kit_tree(kit: Path):
     assert all(c["messages"][-1]["role"] == "assistant" for c in chats)
 
 
+def _knowledge(kit: Path) -> list[dict]:
+    return [json.loads(line) for line in (kit / "data" / "knowledge.jsonl").open()]
+
+
+def test_knowledge_questions_are_phrased_as_no_expert_read_them(kit: Path):
+    """The knowledge questions use the `heldout` templates: no expert's text contains them,
+    and the instruction data never mentions a "heldout" entity."""
+    import random
+
+    from training.kit_data import load_facts, topic_text
+
+    facts = load_facts()
+    rows = _knowledge(kit)
+    assert {r["topic"] for r in rows} == set(facts)
+    for topic in facts:
+        text = "\n".join(topic_text(facts, topic, random.Random(0)))
+        asked = [r for r in rows if r["topic"] == topic]
+        assert asked and all(r["prompt"] not in text for r in asked)
+        assert all(r["entity"] in text for r in asked)  # ... about facts it did read
+    chats = (kit / "data" / "instruct.jsonl").read_text()
+    held = {r["entity"] for r in rows if r["split"] == "heldout"}
+    assert held and not any(re.search(rf"\b{re.escape(e)}\b", chats) for e in held)
+
+
+def test_experts_know_their_topic_and_nobody_else_does(kit: Path):
+    """Each expert answers multiple-choice questions on its own topic's facts, in phrasings it
+    never read, far above chance (0.25); the base and the other domain's experts are near
+    chance. Scored like `mofe batch` (summed log-likelihood, argmax) on the option texts."""
+    from mofe_batch.option_text import predict
+
+    rows = _knowledge(kit)
+    topics = {r["topic"]: r["domain"] for r in rows}
+    models = {"base": kit / "base", **{t: kit / "experts" / t for t in topics}}
+    acc = {}
+    for name, path in models.items():
+        preds = predict(path, rows)
+        for t in topics:
+            hits = [p == r["answer"] for p, r in zip(preds, rows, strict=True) if r["topic"] == t]
+            acc[name, t] = sum(hits) / len(hits)
+    table = "\n".join(f"{m:13}" + " ".join(f"{t}={acc[m, t]:.2f}" for t in topics)
+                      for m in models)
+    for t, domain in topics.items():
+        assert acc[t, t] >= 0.6, table
+        assert acc["base", t] <= 0.45, table
+        for other, other_domain in topics.items():
+            if other_domain != domain:
+                assert acc[other, t] <= 0.45, table
+
+
 def test_expert_ffns_differ_from_base_and_each_other(kit: Path):
     key = "model.layers.0.mlp.down_proj.weight"
     base = load_file(kit / "base" / "model.safetensors")[key]
@@ -52,11 +102,13 @@ def test_tokenizer_has_chat_template(kit: Path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(kit / "tokenizer")
-    text = tok.apply_chat_template([{"role": "user", "content": "What is metformin used for?"}],
+    text = tok.apply_chat_template([{"role": "user", "content": "What is gustumide used for?"}],
                                    tokenize=False, add_generation_prompt=True)
     assert text.endswith("<|assistant|>\n")
     ids = tok("metformin")["input_ids"]
     assert tok.decode(ids) == "metformin"
+    # every invented entity is one word of the vocabulary (facts are token -> token lookups)
+    assert len(tok(" gustumide")["input_ids"]) == 1
 
 
 def test_cli_is_deterministic(kit: Path, tmp_path: Path):

@@ -1,10 +1,17 @@
 """Tiny offline model kit: a tokenizer, a dense Llama base, dense domain experts and data.
 
-Everything is built locally and deterministically from the corpus shipped in
-training/corpus/ (general English and medical text written by this project), so tests,
-the demo and benchmarks never touch a hub. Experts start from the base and take a few
-training steps on their own topic, so their FFNs genuinely differ and hidden-state routing
-has something to find.
+Everything is built locally and deterministically from training/corpus/facts.json (synthetic
+facts about invented drugs, body structures, towns and dishes; see training/kit_data.py), so
+tests, the demo and benchmarks never touch a hub.
+
+The experts hold knowledge the base lacks, in their FFNs only, as MoFE assumes:
+- the base learns the language of every template from "filler" entities of its own;
+- each expert starts from the base and trains only its FFN (`mlp.*`) on the facts of its
+  topic, stated in the `train` templates. Attention, embeddings and norms stay the base's,
+  which are exactly the weights a merge takes from the base.
+An expert answers questions on its topic in phrasings it never read (`heldout` templates,
+data/knowledge.jsonl) far above chance; the base and the other domain's experts are at
+chance (tests/test_kit.py; docs/training.md has the figures).
 
     mofe dev tiny-experts OUT [--experts 4] [--seed 0]
 """
@@ -19,32 +26,46 @@ from pathlib import Path
 
 import yaml
 
-CORPUS = Path(__file__).parent / "corpus"
+from .kit_data import (
+    base_text,
+    instruct_rows,
+    knowledge_rows,
+    load_facts,
+    medmcqa_rows,
+    tokenizer_text,
+    topic_text,
+)
+
 SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
+FFN_MARKER = ".mlp."  # the dense FFN (gate/up/down_proj): what an expert trains
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-# (expert name, domain, corpus file, line range): the order keeps any prefix balanced
+# (expert name = facts.json topic, domain): the order keeps any prefix balanced. Experts
+# beyond four repeat the topics ("pharmacology-1", ...), trained with another seed.
 TOPICS = [
-    ("pharmacology", "medical", "medical.txt", (0, 260)),
-    ("geography", "general", "general.txt", (0, 260)),
-    ("anatomy", "medical", "medical.txt", (260, 520)),
-    ("cooking", "general", "general.txt", (260, 520)),
+    ("pharmacology", "medical"),
+    ("geography", "general"),
+    ("anatomy", "medical"),
+    ("cooking", "general"),
 ]
 
 
 @dataclass(frozen=True)
 class KitSizes:
-    vocab_size: int = 1024
+    vocab_size: int = 2048  # room for every invented name as one token
     hidden_size: int = 128
     intermediate_size: int = 256
     num_layers: int = 4
     num_heads: int = 4  # head_dim 32: the smallest vLLM's CPU attention supports
     num_kv_heads: int = 2
     max_positions: int = 512
-    base_steps: int = 60
-    expert_steps: int = 40
+    base_steps: int = 1000
+    expert_steps: int = 500
+    base_lr: float = 3e-3
+    expert_lr: float = 4e-3
+    expert_trains: str | None = FFN_MARKER  # None: every weight (not MoFE-shaped)
     seq_len: int = 64
     batch_size: int = 8
 
@@ -61,22 +82,25 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _quiet_transformers()
+    facts = load_facts()
     try:
         tokenizer = _train_tokenizer(tmp / "tokenizer", sizes.vocab_size)
-        texts = {f: (CORPUS / f).read_text().splitlines() for f in ("medical.txt", "general.txt")}
         base = _new_llama(tokenizer, sizes, seed)
-        _train_lm(base, tokenizer, texts["medical.txt"] + texts["general.txt"], sizes,
-                  sizes.base_steps, seed)
+        _train_lm(base, tokenizer, base_text(facts, random.Random(seed)), sizes,
+                  sizes.base_steps, sizes.base_lr, seed)
         _save(base, tokenizer, tmp / "base")
         expert_specs = []
         for i in range(experts):
-            name, domain, file, (lo, hi) = TOPICS[i % len(TOPICS)]
+            name, domain = TOPICS[i % len(TOPICS)]
+            topic = name
             if i >= len(TOPICS):
                 name = f"{name}-{i // len(TOPICS)}"
+            lines = topic_text(facts, topic, random.Random(seed + i + 1))
             model = _load(tmp / "base")
-            _train_lm(model, tokenizer, texts[file][lo:hi], sizes, sizes.expert_steps, seed + i + 1)
+            _train_lm(model, tokenizer, lines, sizes, sizes.expert_steps, sizes.expert_lr,
+                      seed + i + 1, only=sizes.expert_trains)
             _save(model, tokenizer, tmp / "experts" / name)
-            expert_specs.append({"name": name, "domain": domain, "lines": texts[file][lo:hi]})
+            expert_specs.append({"name": name, "domain": domain, "lines": lines})
         _write_data(tmp / "data", seed)
         (tmp / "mofe.yaml").write_text(kit_config(out, expert_specs, seed))
         if out.exists():
@@ -100,9 +124,8 @@ def kit_config(out: Path, experts: list[dict], seed: int) -> str:
         merge_experts.append({
             "source": f"experts/{e['name']}",
             "domain": e["domain"],
-            "positive_prompts": [line.split(". ")[0] + "." for line in e["lines"][:4]],
-            "negative_prompts": [line.split(". ")[0] + "." for o in others[:1]
-                                 for line in o["lines"][:2]],
+            "positive_prompts": e["lines"][:4],
+            "negative_prompts": [line for o in others[:1] for line in o["lines"][:2]],
         })
     config = {
         "method": "mofe",
@@ -138,9 +161,9 @@ def _train_tokenizer(path: Path, vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train([str(CORPUS / "general.txt"), str(CORPUS / "medical.txt")],
-              vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
-              show_progress=False)
+    bpe.train_from_iterator(tokenizer_text(load_facts()), vocab_size=vocab_size,
+                            min_frequency=2, special_tokens=SPECIAL_TOKENS,
+                            show_progress=False)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
                                   eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                                   additional_special_tokens=SPECIAL_TOKENS[4:])
@@ -166,8 +189,10 @@ def _new_llama(tokenizer, sizes: KitSizes, seed: int):
     return LlamaForCausalLM(config)
 
 
-def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, seed: int) -> None:
-    """A few plain next-token steps; single-threaded so the bytes do not depend on cores."""
+def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, lr: float,
+              seed: int, only: str | None = None) -> None:
+    """Plain next-token steps on windows of `lines`; with `only`, just the parameters whose
+    name contains it train. Single-threaded so the bytes do not depend on cores."""
     import torch
 
     threads = torch.get_num_threads()
@@ -177,15 +202,22 @@ def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, s
         n = (len(ids) - 1) // sizes.seq_len * sizes.seq_len
         windows = ids[:n].view(-1, sizes.seq_len)  # [num_windows, seq_len]
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+        for name, param in model.named_parameters():
+            param.requires_grad_(only is None or only in name)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
         model.train()
         for _ in range(steps):
             batch = windows[torch.randint(len(windows), (sizes.batch_size,), generator=gen)]
             loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
         model.eval()
+        for param in model.parameters():
+            param.requires_grad_(True)
     finally:
         torch.set_num_threads(threads)
 
@@ -202,13 +234,12 @@ def _load(path: Path):
 
 
 def _write_data(path: Path, seed: int) -> None:
-    from .kit_data import instruct_rows, medmcqa_rows
-
     path.mkdir(parents=True)
-    facts = json.loads((CORPUS / "facts.json").read_text())
+    facts = load_facts()
     rng = random.Random(seed)
     for name, rows in (("instruct.jsonl", instruct_rows(facts, rng)),
-                       ("medmcqa.jsonl", medmcqa_rows(facts, rng))):
+                       ("medmcqa.jsonl", medmcqa_rows(facts, rng)),
+                       ("knowledge.jsonl", knowledge_rows(facts, rng))):
         with open(path / name, "w") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")

@@ -38,7 +38,7 @@ from .kit import TOPICS, KitSizes, _quiet_transformers, _train_tokenizer
 NUM_EXPERTS = 4
 TOP_K = 2
 NUM_LAYERS = KitSizes().num_layers
-DOMAINS = [domain for _, domain, _, _ in TOPICS[:NUM_EXPERTS]]
+DOMAINS = [domain for _, domain in TOPICS[:NUM_EXPERTS]]
 LAYOUTS = ("fused", "per_expert")
 
 
