@@ -150,7 +150,14 @@ def run(args: argparse.Namespace) -> dict:
     med_rows = [r for r in rows if r["domain"] == "medical" and r["split"] == "heldout"]
     experts = kit_experts(kit)
     results: dict = {"steps": args.steps, "seeds": args.seeds, "questions": len(med_rows),
-                     "composition": {}, "post_pretraining": {}}
+                     "composition": {}, "post_pretraining": {}, "dense": {}}
+    from mofe_batch.option_text import accuracy
+
+    # what the dense models know on the same questions (the ceiling a merge can reach)
+    for name in ["base", *[Path(e["source"]).name for e in experts["medical"]]]:
+        path = kit / "base" if name == "base" else kit / "experts" / name
+        results["dense"][name] = accuracy(str(path), med_rows)
+    log(f"dense models: {results['dense']}")
 
     # 1. expert composition
     for n_med in MEDICAL_COUNTS:
@@ -159,6 +166,8 @@ def run(args: argparse.Namespace) -> dict:
         cfg_path = write_config(kit, work / f"med{n_med}.yaml", **{"merge.experts": chosen})
         if not merged.exists():
             merge_experts(load_config(cfg_path).merge, merged, 0)
+        untuned = evaluate(merged, med_rows)
+        log(f"composition {n_med}/4 medical, merged before tuning: {untuned}")
         runs = []
         for seed in range(args.seeds):
             out = work / f"med{n_med}-seed{seed}"
@@ -173,6 +182,7 @@ def run(args: argparse.Namespace) -> dict:
             log(f"composition {n_med}/4 medical, seed {seed}: {runs[-1]}")
         results["composition"][n_med] = {
             "experts": [Path(e["source"]).name for e in chosen], "runs": runs,
+            "untuned": untuned,
             "accuracy": interval([r["accuracy"] for r in runs]),
             "medical_share": interval([r["medical_share"] for r in runs])}
 
@@ -223,16 +233,20 @@ def markdown(res: dict) -> str:
     lines = [f"Medical multiple-choice accuracy on {res['questions']} held-out questions "
              f"(chance 0.25); mean ± 95% CI (min–max) over {res['seeds']} seeds, "
              f"{res['steps']} tuning steps.", "",
-             "| medical experts of 4 | experts | accuracy | medical share of routing |",
-             "|---|---|---|---|"]
+             "| medical experts of 4 | experts | before tuning | after tuning | "
+             "medical share of routing |",
+             "|---|---|---|---|---|"]
     for n, r in res["composition"].items():
-        lines.append(f"| {n} | {', '.join(r['experts'])} | {fmt(r['accuracy'])} | "
-                     f"{fmt(r['medical_share'])} |")
+        lines.append(f"| {n} | {', '.join(r['experts'])} | {r['untuned']['accuracy']:.3f} | "
+                     f"{fmt(r['accuracy'])} | {fmt(r['medical_share'])} |")
     lines += ["", "| training | accuracy | medical share of routing |", "|---|---|---|"]
     for arm, r in res["post_pretraining"].items():
         label = ("instruction tuning only" if arm == "direct" else
                  "post-pretraining, then instruction tuning")
         lines.append(f"| {label} | {fmt(r['accuracy'])} | {fmt(r['medical_share'])} |")
+    lines += ["", "Dense models on the same questions (no merge, no tuning):", "",
+              "| model | accuracy |", "|---|---|"]
+    lines += [f"| {name} | {acc:.3f} |" for name, acc in res["dense"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -272,13 +286,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--work", default="/tmp/mofe-paper-ablations")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     if args.seeds < 2:
         p.error("--seeds must be at least 2 for an interval")
     import torch
 
-    torch.set_num_threads(args.threads)  # tiny model: extra threads only contend on a shared box
+    torch.set_num_threads(args.threads)
     started = time.perf_counter()
     res = run(args)
     res["wall_s"] = round(time.perf_counter() - started, 1)

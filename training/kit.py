@@ -62,12 +62,14 @@ class KitSizes:
     num_kv_heads: int = 2
     max_positions: int = 512
     base_steps: int = 1000
-    expert_steps: int = 500
+    expert_steps: int = 600
     base_lr: float = 3e-3
     expert_lr: float = 4e-3
     expert_trains: str | None = FFN_MARKER  # None: every weight (not MoFE-shaped)
     seq_len: int = 64
     batch_size: int = 8
+    expert_batch_size: int = 4
+    threads: int = 2  # the base's; fixed, not the machine's count: the same bytes everywhere
 
 
 def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitSizes(),
@@ -87,20 +89,18 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
         tokenizer = _train_tokenizer(tmp / "tokenizer", sizes.vocab_size)
         base = _new_llama(tokenizer, sizes, seed)
         _train_lm(base, tokenizer, base_text(facts, random.Random(seed)), sizes,
-                  sizes.base_steps, sizes.base_lr, seed)
+                  sizes.base_steps, sizes.base_lr, sizes.batch_size, seed)
         _save(base, tokenizer, tmp / "base")
-        expert_specs = []
+        expert_specs, jobs = [], []
         for i in range(experts):
             name, domain = TOPICS[i % len(TOPICS)]
             topic = name
             if i >= len(TOPICS):
                 name = f"{name}-{i // len(TOPICS)}"
             lines = topic_text(facts, topic, random.Random(seed + i + 1))
-            model = _load(tmp / "base")
-            _train_lm(model, tokenizer, lines, sizes, sizes.expert_steps, sizes.expert_lr,
-                      seed + i + 1, only=sizes.expert_trains)
-            _save(model, tokenizer, tmp / "experts" / name)
+            jobs.append((tmp, name, lines, sizes, seed + i + 1))
             expert_specs.append({"name": name, "domain": domain, "lines": lines})
+        _train_experts(jobs)
         _write_data(tmp / "data", seed)
         (tmp / "mofe.yaml").write_text(kit_config(out, expert_specs, seed))
         if out.exists():
@@ -110,6 +110,58 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _train_expert(tmp: Path, name: str, lines: list[str], sizes: KitSizes, seed: int) -> None:
+    """One expert: the base with only its FFN trained on `lines` (one thread)."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(tmp / "tokenizer")
+    model = _load(tmp / "base")
+    _train_lm(model, tokenizer, lines, sizes, sizes.expert_steps, sizes.expert_lr,
+              sizes.expert_batch_size, seed, only=sizes.expert_trains, threads=1)
+    _save(model, tokenizer, tmp / "experts" / name)
+
+
+def _train_experts(jobs: list[tuple]) -> None:
+    """Experts are independent: train them in up to two child processes of one thread each
+    (on a 2-core machine, twice the speed of one process with two threads). Children are
+    plain `python -m training.kit` processes, not multiprocessing's, so a caller's script
+    is never re-imported. Each expert's bytes depend only on its own job."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    workers = min(2, len(jobs), os.cpu_count() or 1)
+    if workers == 1:
+        for job in jobs:
+            _train_expert(*job)
+        return
+    # OMP_NUM_THREADS=1 before torch starts: a child's idle OpenMP pool otherwise spins
+    # against its sibling (7x slower measured with two children on two cores)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as spool:
+        pending = list(enumerate(jobs))
+        running: list[tuple[str, subprocess.Popen]] = []
+        while pending or running:
+            while pending and len(running) < workers:
+                i, job = pending.pop(0)
+                path = Path(spool) / f"job{i}.pickle"
+                path.write_bytes(pickle.dumps(job))
+                running.append((job[1], subprocess.Popen(
+                    [sys.executable, "-m", "training.kit", str(path)], env=env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            name, proc = running.pop(0)
+            _, err = proc.communicate()
+            if proc.returncode:
+                for _, other in running:
+                    other.kill()
+                raise RuntimeError(f"training the {name} expert failed (exit "
+                                   f"{proc.returncode}):\n{err.decode(errors='replace')[-2000:]}")
 
 
 def kit_config(out: Path, experts: list[dict], seed: int) -> str:
@@ -190,13 +242,14 @@ def _new_llama(tokenizer, sizes: KitSizes, seed: int):
 
 
 def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, lr: float,
-              seed: int, only: str | None = None) -> None:
+              batch_size: int, seed: int, only: str | None = None,
+              threads: int | None = None) -> None:
     """Plain next-token steps on windows of `lines`; with `only`, just the parameters whose
-    name contains it train. Single-threaded so the bytes do not depend on cores."""
+    name contains it train. A fixed thread count, so the bytes do not depend on cores."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads or sizes.threads)
     try:
         ids = tokenizer("\n".join(lines), return_tensors="pt").input_ids[0]
         n = (len(ids) - 1) // sizes.seq_len * sizes.seq_len
@@ -209,7 +262,7 @@ def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, l
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
         model.train()
         for _ in range(steps):
-            batch = windows[torch.randint(len(windows), (sizes.batch_size,), generator=gen)]
+            batch = windows[torch.randint(len(windows), (batch_size,), generator=gen)]
             loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             opt.step()
@@ -244,3 +297,9 @@ def _write_data(path: Path, seed: int) -> None:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
 
+
+if __name__ == "__main__":  # one expert job, from _train_experts
+    import pickle
+    import sys
+
+    _train_expert(*pickle.loads(Path(sys.argv[1]).read_bytes()))

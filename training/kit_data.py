@@ -82,7 +82,23 @@ def tokenizer_text(facts: dict) -> list[str]:
         for key in ("entities", "fillers"):
             for _, e, _, rel, v in _facts(topic, key):
                 lines += [_fill(t, e, v) for t in rel["train"] + rel["heldout"] + rel["instruct"]]
+                lines.append(_letter_question(e, rel, v))
     return lines
+
+
+def _letter_question(entity: str, rel: dict, value: str) -> str:
+    """The fact as a lettered multiple-choice question with its answer letter, the format
+    `mofe batch` scores (MedMCQA, MMLU): so " A" .. " D" are single tokens."""
+    values = rel["values"]
+    start = values.index(value)
+    options = [values[(start + k) % len(values)] for k in range(4)]
+    shift = len(entity) % 4  # the gold letter varies from fact to fact
+    options = options[-shift:] + options[:-shift] if shift else options
+    letters = "ABCD"
+    question = _fill(rel["heldout"][0], entity, value).rsplit(value, 1)[0].rstrip()
+    question = question.removesuffix("Answer:").rstrip()
+    listed = "".join(f"{letters[k]}. {o}\n" for k, o in enumerate(options))
+    return f"{question}\n{listed}Answer: {letters[options.index(value)]}"
 
 
 def split_of(index: int) -> str:
