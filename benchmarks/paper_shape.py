@@ -136,15 +136,14 @@ def serve(ckpt: Path, log: Path) -> dict:
 
 
 def medmcqa_rows(n: int) -> list[dict]:
-    lines = (ROOT / "training" / "corpus" / "medical.txt").read_text().splitlines()
-    rows = []
-    for i in range(n):
-        words = lines[i % len(lines)].split()
-        rows.append({"id": f"q{i}", "question": " ".join(words[:12]) + "?",
-                     "opa": words[-1], "opb": words[0], "opc": words[len(words) // 2],
-                     "opd": "none of these", "cop": i % 4, "exp": "", "choice_type": "single",
-                     "subject_name": "Medicine", "topic_name": "random"})
-    return rows
+    """`n` MedMCQA-format rows: the kit's medical questions, repeated with new ids."""
+    import random
+
+    from training.kit_data import load_facts
+    from training.kit_data import medmcqa_rows as kit_rows
+
+    kit = kit_rows(load_facts(), random.Random(0))
+    return [{**kit[i % len(kit)], "id": f"q{i}"} for i in range(n)]
 
 
 def build(root: Path) -> Path:

@@ -147,7 +147,7 @@ def main() -> None:
         console.print("models: " + ", ".join(m.id for m in client.models.list().data))
         console.rule("[bold]6. the same question to both variants (official openai client)")
         models = ["tiny-mofe@prod", "tiny-mofe-b@1"]
-        question = [{"role": "user", "content": "What is metformin used for?"}]
+        question = [{"role": "user", "content": "What is gustumide used for?"}]
         replies = Table(title="one server, two variants, experts held once")
         replies.add_column("model")
         replies.add_column("reply")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,60 @@ def test_kit_tree(kit: Path):
     assert all(c["messages"][-1]["role"] == "assistant" for c in chats)
 
 
+def _knowledge(kit: Path) -> list[dict]:
+    return [json.loads(line) for line in (kit / "data" / "knowledge.jsonl").open()]
+
+
+def test_knowledge_questions_are_phrased_as_no_expert_read_them(kit: Path):
+    """The knowledge questions use the `heldout` templates: no expert's text contains them,
+    and the instruction data never mentions a "heldout" entity."""
+    import random
+
+    from training.kit_data import load_facts, topic_text
+
+    facts = load_facts()
+    rows = _knowledge(kit)
+    assert {r["topic"] for r in rows} == set(facts)
+    for topic in facts:
+        text = "\n".join(topic_text(facts, topic, random.Random(0)))
+        asked = [r for r in rows if r["topic"] == topic]
+        assert asked and all(r["prompt"] not in text for r in asked)
+        assert all(r["entity"] in text for r in asked)  # ... about facts it did read
+    chats = (kit / "data" / "instruct.jsonl").read_text()
+    held = {r["entity"] for r in rows if r["split"] == "heldout"}
+    assert held and not any(re.search(rf"\b{re.escape(e)}\b", chats) for e in held)
+
+
+def test_experts_know_their_topic_and_nobody_else_does(kit: Path):
+    """Each expert answers multiple-choice questions on its own topic's facts, in phrasings it
+    never read, far above chance (0.25); the base and the other domain's experts are near
+    chance. Scored like `mofe batch` (summed log-likelihood, argmax) on the option texts.
+
+    48 questions per cell ask 24 facts twice, so a model at chance lands within about
+    +-0.18 of 0.25 in one cell (2 sd): the chance side is judged on means over cells, the
+    expert side per topic with a floor far above that band (docs/training.md has the table)."""
+    from mofe_batch.option_text import predict
+
+    rows = _knowledge(kit)
+    topics = {r["topic"]: r["domain"] for r in rows}
+    models = {"base": kit / "base", **{t: kit / "experts" / t for t in topics}}
+    acc = {}
+    for name, path in models.items():
+        preds = predict(path, rows)
+        for t in topics:
+            hits = [p == r["answer"] for p, r in zip(preds, rows, strict=True) if r["topic"] == t]
+            acc[name, t] = sum(hits) / len(hits)
+    table = "\n".join(f"{m:13}" + " ".join(f"{t}={acc[m, t]:.2f}" for t in topics)
+                      for m in models)
+    own = [acc[t, t] for t in topics]
+    assert min(own) >= 0.5 and sum(own) / len(own) >= 0.65, table
+    base = [acc["base", t] for t in topics]
+    other_domain = [acc[m, t] for m, dm in topics.items() for t, dt in topics.items() if dm != dt]
+    assert sum(base) / len(base) <= 0.35, table
+    assert sum(other_domain) / len(other_domain) <= 0.35, table
+    assert max(base + other_domain) <= 0.5, table
+
+
 def test_expert_ffns_differ_from_base_and_each_other(kit: Path):
     key = "model.layers.0.mlp.down_proj.weight"
     base = load_file(kit / "base" / "model.safetensors")[key]
@@ -52,18 +107,25 @@ def test_tokenizer_has_chat_template(kit: Path):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(kit / "tokenizer")
-    text = tok.apply_chat_template([{"role": "user", "content": "What is metformin used for?"}],
+    text = tok.apply_chat_template([{"role": "user", "content": "What is gustumide used for?"}],
                                    tokenize=False, add_generation_prompt=True)
     assert text.endswith("<|assistant|>\n")
     ids = tok("metformin")["input_ids"]
     assert tok.decode(ids) == "metformin"
+    # every invented entity is one word of the vocabulary (facts are token -> token lookups)
+    assert len(tok(" gustumide")["input_ids"]) == 1
+    # `mofe batch` scores MedMCQA / MMLU answers as " A" .. " D": one token each
+    assert all(len(tok(f" {letter}")["input_ids"]) == 1 for letter in "ABCD")
 
 
 def test_cli_is_deterministic(kit: Path, tmp_path: Path):
-    """`mofe dev tiny-experts` twice with the same seed gives byte-identical weights."""
+    """`mofe dev tiny-experts` with the same seed gives byte-identical weights. Two experts
+    are enough: expert i depends only on the base and its own seed, so they must equal the
+    first two of the session's 4-expert kit."""
     out = tmp_path / "again"
-    subprocess.run([sys.executable, "-m", "mofe_cli", "dev", "tiny-experts", str(out)],
-                   check=True, capture_output=True)
-    for rel in ["base/model.safetensors", "experts/anatomy/model.safetensors",
-                "experts/cooking/model.safetensors", "tokenizer/tokenizer.json"]:
+    subprocess.run([sys.executable, "-m", "mofe_cli", "dev", "tiny-experts", str(out),
+                    "--experts", "2"], check=True, capture_output=True)
+    assert sorted(p.name for p in (out / "experts").iterdir()) == ["geography", "pharmacology"]
+    for rel in ["base/model.safetensors", "experts/pharmacology/model.safetensors",
+                "experts/geography/model.safetensors", "tokenizer/tokenizer.json"]:
         assert _sha(out / rel) == _sha(kit / rel), rel

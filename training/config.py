@@ -63,7 +63,9 @@ class MergeConfig(_Strict):
 
 class DataFile(_Strict):
     path: str
-    format: Literal["chat", "alpaca", "medmcqa", "mmlu"] = "chat"
+    # text: plain `text` rows, loss on every token (continued pretraining); the others are
+    # instruction formats, loss on the answer only
+    format: Literal["chat", "alpaca", "medmcqa", "mmlu", "text"] = "chat"
     limit: int | None = Field(None, ge=1, description="use only the first N rows")
 
     @model_validator(mode="before")

@@ -1,7 +1,8 @@
 """Instruction data: chat / Alpaca / MedMCQA / MMLU JSONL -> chat messages -> masked SFT examples.
 
 Every row becomes a list of chat messages; the tokenizer's chat template renders it and the
-loss is computed on assistant turns only (prompt tokens get label -100). A malformed row is
+loss is computed on assistant turns only (prompt tokens get label -100). The `text` format
+is plain text for continued pretraining: no template, the loss on every token. A malformed row is
 reported as FILE:LINE with the reason; with `data.skip_malformed: true` it is skipped and
 counted instead.
 """
@@ -91,8 +92,16 @@ def _mcq(question: str, options: list[str], answer: object, explanation: str) ->
             {"role": "assistant", "content": reply}]
 
 
-def read_rows(spec: DataFile, skip_malformed: bool) -> tuple[list[list[dict]], int]:
-    """Messages of every row of one file, and the number of malformed rows skipped."""
+def to_text(row: object) -> str:
+    """One `text` row -> its text."""
+    if not isinstance(row, dict):
+        raise ValueError("row is not a JSON object")
+    return _text(row, "text")
+
+
+def read_rows(spec: DataFile, skip_malformed: bool) -> tuple[list, int]:
+    """Messages (or texts, for the `text` format) of every row of one file, and the number
+    of malformed rows skipped."""
     path = Path(spec.path)
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
@@ -102,7 +111,9 @@ def read_rows(spec: DataFile, skip_malformed: bool) -> tuple[list[list[dict]], i
             if not line.strip():
                 continue
             try:
-                out.append(to_messages(json.loads(line), spec.format))
+                row = json.loads(line)
+                out.append(to_text(row) if spec.format == "text"
+                           else to_messages(row, spec.format))
             except (json.JSONDecodeError, ValueError) as exc:
                 if not skip_malformed:
                     raise DataError(f"{path}:{lineno}: malformed {spec.format} row: {exc} "
@@ -139,6 +150,16 @@ def encode(messages: list[dict], tokenizer, max_length: int) -> dict | None:
             "labels": labels}
 
 
+def encode_text(text: str, tokenizer, max_length: int) -> dict:
+    """Token ids of a plain text (BOS/EOS as the tokenizer adds them, then EOS if it did
+    not), every token a label."""
+    ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    if tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id] \
+            and len(ids) < max_length:
+        ids = ids + [tokenizer.eos_token_id]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)}
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -157,6 +178,9 @@ def load_data(cfg: DataConfig, tokenizer, seed: int) -> LoadedData:
             result.file_hashes[spec.path] = file_sha256(Path(spec.path))
             if skipped:
                 result.skipped[spec.path] = skipped
+            if spec.format == "text":
+                examples += [encode_text(text, tokenizer, cfg.max_length) for text in rows]
+                continue
             for msgs in rows:
                 if cfg.system_prompt and msgs[0]["role"] != "system":
                     msgs = [{"role": "system", "content": cfg.system_prompt}, *msgs]

@@ -1,10 +1,17 @@
 """Tiny offline model kit: a tokenizer, a dense Llama base, dense domain experts and data.
 
-Everything is built locally and deterministically from the corpus shipped in
-training/corpus/ (general English and medical text written by this project), so tests,
-the demo and benchmarks never touch a hub. Experts start from the base and take a few
-training steps on their own topic, so their FFNs genuinely differ and hidden-state routing
-has something to find.
+Everything is built locally and deterministically from training/corpus/facts.json (synthetic
+facts about invented drugs, body structures, towns and dishes; see training/kit_data.py), so
+tests, the demo and benchmarks never touch a hub.
+
+The experts hold knowledge the base lacks, in their FFNs only, as MoFE assumes:
+- the base learns the language of every template from "filler" entities of its own;
+- each expert starts from the base and trains only its FFN (`mlp.*`) on the facts of its
+  topic, stated in the `train` templates. Attention, embeddings and norms stay the base's,
+  which are exactly the weights a merge takes from the base.
+An expert answers questions on its topic in phrasings it never read (`heldout` templates,
+data/knowledge.jsonl) far above chance; the base and the other domain's experts are at
+chance (tests/test_kit.py; docs/training.md has the figures).
 
     mofe dev tiny-experts OUT [--experts 4] [--seed 0]
 """
@@ -19,34 +26,50 @@ from pathlib import Path
 
 import yaml
 
-CORPUS = Path(__file__).parent / "corpus"
+from .kit_data import (
+    base_text,
+    instruct_rows,
+    knowledge_rows,
+    load_facts,
+    medmcqa_rows,
+    tokenizer_text,
+    topic_text,
+)
+
 SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
+FFN_MARKER = ".mlp."  # the dense FFN (gate/up/down_proj): what an expert trains
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-# (expert name, domain, corpus file, line range): the order keeps any prefix balanced
+# (expert name = facts.json topic, domain): the order keeps any prefix balanced. Experts
+# beyond four repeat the topics ("pharmacology-1", ...), trained with another seed.
 TOPICS = [
-    ("pharmacology", "medical", "medical.txt", (0, 260)),
-    ("geography", "general", "general.txt", (0, 260)),
-    ("anatomy", "medical", "medical.txt", (260, 520)),
-    ("cooking", "general", "general.txt", (260, 520)),
+    ("pharmacology", "medical"),
+    ("geography", "general"),
+    ("anatomy", "medical"),
+    ("cooking", "general"),
 ]
 
 
 @dataclass(frozen=True)
 class KitSizes:
-    vocab_size: int = 1024
+    vocab_size: int = 2048  # room for every invented name as one token
     hidden_size: int = 128
     intermediate_size: int = 256
     num_layers: int = 4
     num_heads: int = 4  # head_dim 32: the smallest vLLM's CPU attention supports
     num_kv_heads: int = 2
     max_positions: int = 512
-    base_steps: int = 60
-    expert_steps: int = 40
+    base_steps: int = 1000
+    expert_steps: int = 600
+    base_lr: float = 3e-3
+    expert_lr: float = 4e-3
+    expert_trains: str | None = FFN_MARKER  # None: every weight (not MoFE-shaped)
     seq_len: int = 64
     batch_size: int = 8
+    expert_batch_size: int = 4
+    threads: int = 2  # the base's; fixed, not the machine's count: the same bytes everywhere
 
 
 def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitSizes(),
@@ -61,22 +84,23 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _quiet_transformers()
+    facts = load_facts()
     try:
         tokenizer = _train_tokenizer(tmp / "tokenizer", sizes.vocab_size)
-        texts = {f: (CORPUS / f).read_text().splitlines() for f in ("medical.txt", "general.txt")}
         base = _new_llama(tokenizer, sizes, seed)
-        _train_lm(base, tokenizer, texts["medical.txt"] + texts["general.txt"], sizes,
-                  sizes.base_steps, seed)
+        _train_lm(base, tokenizer, base_text(facts, random.Random(seed)), sizes,
+                  sizes.base_steps, sizes.base_lr, sizes.batch_size, seed)
         _save(base, tokenizer, tmp / "base")
-        expert_specs = []
+        expert_specs, jobs = [], []
         for i in range(experts):
-            name, domain, file, (lo, hi) = TOPICS[i % len(TOPICS)]
+            name, domain = TOPICS[i % len(TOPICS)]
+            topic = name
             if i >= len(TOPICS):
                 name = f"{name}-{i // len(TOPICS)}"
-            model = _load(tmp / "base")
-            _train_lm(model, tokenizer, texts[file][lo:hi], sizes, sizes.expert_steps, seed + i + 1)
-            _save(model, tokenizer, tmp / "experts" / name)
-            expert_specs.append({"name": name, "domain": domain, "lines": texts[file][lo:hi]})
+            lines = topic_text(facts, topic, random.Random(seed + i + 1))
+            jobs.append((tmp, name, lines, sizes, seed + i + 1))
+            expert_specs.append({"name": name, "domain": domain, "lines": lines})
+        _train_experts(jobs)
         _write_data(tmp / "data", seed)
         (tmp / "mofe.yaml").write_text(kit_config(out, expert_specs, seed))
         if out.exists():
@@ -86,6 +110,58 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _train_expert(tmp: Path, name: str, lines: list[str], sizes: KitSizes, seed: int) -> None:
+    """One expert: the base with only its FFN trained on `lines` (one thread)."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(tmp / "tokenizer")
+    model = _load(tmp / "base")
+    _train_lm(model, tokenizer, lines, sizes, sizes.expert_steps, sizes.expert_lr,
+              sizes.expert_batch_size, seed, only=sizes.expert_trains, threads=1)
+    _save(model, tokenizer, tmp / "experts" / name)
+
+
+def _train_experts(jobs: list[tuple]) -> None:
+    """Experts are independent: train them in up to two child processes of one thread each
+    (on a 2-core machine, twice the speed of one process with two threads). Children are
+    plain `python -m training.kit` processes, not multiprocessing's, so a caller's script
+    is never re-imported. Each expert's bytes depend only on its own job."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    import tempfile
+
+    workers = min(2, len(jobs), os.cpu_count() or 1)
+    if workers == 1:
+        for job in jobs:
+            _train_expert(*job)
+        return
+    # OMP_NUM_THREADS=1 before torch starts: a child's idle OpenMP pool otherwise spins
+    # against its sibling (7x slower measured with two children on two cores)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
+    with tempfile.TemporaryDirectory() as spool:
+        pending = list(enumerate(jobs))
+        running: list[tuple[str, subprocess.Popen]] = []
+        while pending or running:
+            while pending and len(running) < workers:
+                i, job = pending.pop(0)
+                path = Path(spool) / f"job{i}.pickle"
+                path.write_bytes(pickle.dumps(job))
+                running.append((job[1], subprocess.Popen(
+                    [sys.executable, "-m", "training.kit", str(path)], env=env,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+            name, proc = running.pop(0)
+            _, err = proc.communicate()
+            if proc.returncode:
+                for _, other in running:
+                    other.kill()
+                raise RuntimeError(f"training the {name} expert failed (exit "
+                                   f"{proc.returncode}):\n{err.decode(errors='replace')[-2000:]}")
 
 
 def kit_config(out: Path, experts: list[dict], seed: int) -> str:
@@ -100,9 +176,8 @@ def kit_config(out: Path, experts: list[dict], seed: int) -> str:
         merge_experts.append({
             "source": f"experts/{e['name']}",
             "domain": e["domain"],
-            "positive_prompts": [line.split(". ")[0] + "." for line in e["lines"][:4]],
-            "negative_prompts": [line.split(". ")[0] + "." for o in others[:1]
-                                 for line in o["lines"][:2]],
+            "positive_prompts": e["lines"][:4],
+            "negative_prompts": [line for o in others[:1] for line in o["lines"][:2]],
         })
     config = {
         "method": "mofe",
@@ -138,9 +213,9 @@ def _train_tokenizer(path: Path, vocab_size: int):
     from transformers import PreTrainedTokenizerFast
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train([str(CORPUS / "general.txt"), str(CORPUS / "medical.txt")],
-              vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIAL_TOKENS,
-              show_progress=False)
+    bpe.train_from_iterator(tokenizer_text(load_facts()), vocab_size=vocab_size,
+                            min_frequency=2, special_tokens=SPECIAL_TOKENS,
+                            show_progress=False)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>",
                                   eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                                   additional_special_tokens=SPECIAL_TOKENS[4:])
@@ -166,26 +241,36 @@ def _new_llama(tokenizer, sizes: KitSizes, seed: int):
     return LlamaForCausalLM(config)
 
 
-def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, seed: int) -> None:
-    """A few plain next-token steps; single-threaded so the bytes do not depend on cores."""
+def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, lr: float,
+              batch_size: int, seed: int, only: str | None = None,
+              threads: int | None = None) -> None:
+    """Plain next-token steps on windows of `lines`; with `only`, just the parameters whose
+    name contains it train. A fixed thread count, so the bytes do not depend on cores."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads or sizes.threads)
     try:
         ids = tokenizer("\n".join(lines), return_tensors="pt").input_ids[0]
         n = (len(ids) - 1) // sizes.seq_len * sizes.seq_len
         windows = ids[:n].view(-1, sizes.seq_len)  # [num_windows, seq_len]
         gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+        for name, param in model.named_parameters():
+            param.requires_grad_(only is None or only in name)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)
         model.train()
         for _ in range(steps):
-            batch = windows[torch.randint(len(windows), (sizes.batch_size,), generator=gen)]
+            batch = windows[torch.randint(len(windows), (batch_size,), generator=gen)]
             loss = model(input_ids=batch, labels=batch).loss
             loss.backward()
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
         model.eval()
+        for param in model.parameters():
+            param.requires_grad_(True)
     finally:
         torch.set_num_threads(threads)
 
@@ -202,14 +287,19 @@ def _load(path: Path):
 
 
 def _write_data(path: Path, seed: int) -> None:
-    from .kit_data import instruct_rows, medmcqa_rows
-
     path.mkdir(parents=True)
-    facts = json.loads((CORPUS / "facts.json").read_text())
+    facts = load_facts()
     rng = random.Random(seed)
     for name, rows in (("instruct.jsonl", instruct_rows(facts, rng)),
-                       ("medmcqa.jsonl", medmcqa_rows(facts, rng))):
+                       ("medmcqa.jsonl", medmcqa_rows(facts, rng)),
+                       ("knowledge.jsonl", knowledge_rows(facts, rng))):
         with open(path / name, "w") as fh:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
 
+
+if __name__ == "__main__":  # one expert job, from _train_experts
+    import pickle
+    import sys
+
+    _train_expert(*pickle.loads(Path(sys.argv[1]).read_bytes()))

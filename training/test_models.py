@@ -27,6 +27,7 @@ The engine-ready models write a mofe.json naming each expert's domain.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from .kit import TOPICS, KitSizes, _quiet_transformers, _train_tokenizer
 NUM_EXPERTS = 4
 TOP_K = 2
 NUM_LAYERS = KitSizes().num_layers
-DOMAINS = [domain for _, domain, _, _ in TOPICS[:NUM_EXPERTS]]
+DOMAINS = [domain for _, domain in TOPICS[:NUM_EXPERTS]]
 LAYOUTS = ("fused", "per_expert")
 
 
@@ -307,7 +308,7 @@ def build_random_experts(root: Path, sizes: KitSizes = KitSizes(), experts: int 
     import yaml
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from .kit import CORPUS
+    from .kit_data import load_facts, topic_text
 
     _quiet_transformers()
     root = Path(root)
@@ -340,7 +341,7 @@ def build_random_experts(root: Path, sizes: KitSizes = KitSizes(), experts: int 
         names.append(name)
     del model
 
-    lines = (CORPUS / "medical.txt").read_text().splitlines()
+    lines = topic_text(load_facts(), "pharmacology", random.Random(seed), repeats=1)
     data = root / "data" / "instruct.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     with open(data, "w") as fh:

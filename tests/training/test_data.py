@@ -68,3 +68,22 @@ def test_medmcqa_kit_file_loads(kit: Path, tokenizer):
     data = load_data(cfg, tokenizer, seed=0)
     assert len(data.train) + len(data.eval) == sum(
         1 for line in (kit / "data" / "medmcqa.jsonl").open() if line.strip())
+
+
+def test_text_rows_train_on_every_token(tmp_path: Path, tokenizer):
+    """`format: text` (continued pretraining): no chat template, every token is a label."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                            ["The liver makes bile.", "Paris lies on the Seine."]))
+    cfg = DataConfig(train=[{"path": str(path), "format": "text"}], eval_fraction=0.0)
+    data = load_data(cfg, tokenizer, seed=0)
+    assert len(data.train) == 2
+    for ex in data.train:
+        assert ex["labels"] == ex["input_ids"]
+        assert ex["input_ids"][-1] == tokenizer.eos_token_id
+        assert "<|user|>" not in tokenizer.decode(ex["input_ids"])
+    assert {tokenizer.decode(ex["input_ids"][:-1]) for ex in data.train} == {
+        "The liver makes bile.", "Paris lies on the Seine."}
+    path.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"txt": "typo"}) + "\n")
+    with pytest.raises(DataError, match=rf"{path}:2: malformed text row: field 'text'"):
+        load_data(cfg, tokenizer, seed=0)
