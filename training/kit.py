@@ -86,11 +86,8 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
     _quiet_transformers()
     facts = load_facts()
     try:
-        tokenizer = _train_tokenizer(tmp / "tokenizer", sizes.vocab_size)
-        base = _new_llama(tokenizer, sizes, seed)
-        _train_lm(base, tokenizer, base_text(facts, random.Random(seed)), sizes,
-                  sizes.base_steps, sizes.base_lr, sizes.batch_size, seed)
-        _save(base, tokenizer, tmp / "base")
+        _train_tokenizer(tmp / "tokenizer", sizes.vocab_size)
+        _in_children([("_train_base", (tmp, sizes, seed))], workers=1, threads=sizes.threads)
         expert_specs, jobs = [], []
         for i in range(experts):
             name, domain = TOPICS[i % len(TOPICS)]
@@ -98,9 +95,9 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
             if i >= len(TOPICS):
                 name = f"{name}-{i // len(TOPICS)}"
             lines = topic_text(facts, topic, random.Random(seed + i + 1))
-            jobs.append((tmp, name, lines, sizes, seed + i + 1))
+            jobs.append(("_train_expert", (tmp, name, lines, sizes, seed + i + 1)))
             expert_specs.append({"name": name, "domain": domain, "lines": lines})
-        _train_experts(jobs)
+        _in_children(jobs, workers=2, threads=1)
         _write_data(tmp / "data", seed)
         (tmp / "mofe.yaml").write_text(kit_config(out, expert_specs, seed))
         if out.exists():
@@ -110,6 +107,18 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _train_base(tmp: Path, sizes: KitSizes, seed: int) -> None:
+    """The base: a new Llama trained on every phrasing of the fillers' facts."""
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(tmp / "tokenizer")
+    base = _new_llama(tokenizer, sizes, seed)
+    _train_lm(base, tokenizer, base_text(load_facts(), random.Random(seed)), sizes,
+              sizes.base_steps, sizes.base_lr, sizes.batch_size, seed, threads=sizes.threads)
+    _save(base, tokenizer, tmp / "base")
 
 
 def _train_expert(tmp: Path, name: str, lines: list[str], sizes: KitSizes, seed: int) -> None:
@@ -124,25 +133,24 @@ def _train_expert(tmp: Path, name: str, lines: list[str], sizes: KitSizes, seed:
     _save(model, tokenizer, tmp / "experts" / name)
 
 
-def _train_experts(jobs: list[tuple]) -> None:
-    """Experts are independent: train them in up to two child processes of one thread each
-    (on a 2-core machine, twice the speed of one process with two threads). Children are
-    plain `python -m training.kit` processes, not multiprocessing's, so a caller's script
-    is never re-imported. Each expert's bytes depend only on its own job."""
+def _in_children(jobs: list[tuple[str, tuple]], workers: int, threads: int) -> None:
+    """Run `(function name, args)` jobs of this module in fresh `python -m training.kit`
+    processes, up to `workers` at a time, each with `threads` torch threads.
+
+    Fresh processes make the bytes independent of the caller: a test process that has
+    imported vLLM, or changed torch's settings, trains the same base as the CLI. Plain
+    subprocesses, not multiprocessing, so a caller's unguarded script is never re-imported.
+    OMP_NUM_THREADS is set before torch starts: two children whose idle OpenMP pools spin
+    against each other ran 7x slower. Experts are independent, so two one-thread children
+    (twice the speed of one two-thread process on 2 cores) give the same bytes as one."""
     import os
     import pickle
     import subprocess
     import sys
     import tempfile
 
-    workers = min(2, len(jobs), os.cpu_count() or 1)
-    if workers == 1:
-        for job in jobs:
-            _train_expert(*job)
-        return
-    # OMP_NUM_THREADS=1 before torch starts: a child's idle OpenMP pool otherwise spins
-    # against its sibling (7x slower measured with two children on two cores)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+    workers = max(1, min(workers, len(jobs), os.cpu_count() or 1))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
     with tempfile.TemporaryDirectory() as spool:
         pending = list(enumerate(jobs))
@@ -152,16 +160,16 @@ def _train_experts(jobs: list[tuple]) -> None:
                 i, job = pending.pop(0)
                 path = Path(spool) / f"job{i}.pickle"
                 path.write_bytes(pickle.dumps(job))
-                running.append((job[1], subprocess.Popen(
+                running.append((f"{job[0]}{job[1][1:2]}", subprocess.Popen(
                     [sys.executable, "-m", "training.kit", str(path)], env=env,
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-            name, proc = running.pop(0)
+            what, proc = running.pop(0)
             _, err = proc.communicate()
             if proc.returncode:
                 for _, other in running:
                     other.kill()
-                raise RuntimeError(f"training the {name} expert failed (exit "
-                                   f"{proc.returncode}):\n{err.decode(errors='replace')[-2000:]}")
+                raise RuntimeError(f"kit step {what} failed (exit {proc.returncode}):\n"
+                                   f"{err.decode(errors='replace')[-2000:]}")
 
 
 def kit_config(out: Path, experts: list[dict], seed: int) -> str:
@@ -298,8 +306,9 @@ def _write_data(path: Path, seed: int) -> None:
                 fh.write(json.dumps(row) + "\n")
 
 
-if __name__ == "__main__":  # one expert job, from _train_experts
+if __name__ == "__main__":  # one job of _in_children
     import pickle
     import sys
 
-    _train_expert(*pickle.loads(Path(sys.argv[1]).read_bytes()))
+    function, args = pickle.loads(Path(sys.argv[1]).read_bytes())
+    {"_train_base": _train_base, "_train_expert": _train_expert}[function](*args)

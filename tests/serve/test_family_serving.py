@@ -154,16 +154,19 @@ def test_routing_per_variant(family_server, family):
                for i, path in enumerate(family)}
     reset = httpx.post(f"{base}/v1/routing/reset", headers=headers).json()
     assert reset["models"] == [p.name for p in family]
-    started = time.time()
     client = _client(family_server)
     jobs = [(name, ids) for name, batch in prompts.items() for ids in batch]
     with ThreadPoolExecutor(len(jobs)) as pool:
         list(pool.map(lambda j: client.completions.create(model=j[0], prompt=j[1],
                                                           max_tokens=1), jobs))
-    deadline = time.monotonic() + 30
+    # A snapshot whose read started after the last response holds every step; one taken
+    # between steps (newer than the reset) can miss the last of them. An idle server reads
+    # every 30 s.
+    finished = time.time()
+    deadline = time.monotonic() + 75
     while True:
         listing = httpx.get(f"{base}/v1/routing", headers=headers).json()
-        if all(entry["updated_at"] > started for entry in listing["data"]):
+        if all(entry["updated_at"] > finished for entry in listing["data"]):
             break
         assert time.monotonic() < deadline, "routing counts not refreshed"
         time.sleep(0.2)
