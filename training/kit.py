@@ -137,8 +137,9 @@ def _in_children(jobs: list[tuple[str, tuple]], workers: int, threads: int) -> N
     """Run `(function name, args)` jobs of this module in fresh `python -m training.kit`
     processes, up to `workers` at a time, each with `threads` torch threads.
 
-    Fresh processes make the bytes independent of the caller: a test process that has
-    imported vLLM, or changed torch's settings, trains the same base as the CLI. Plain
+    Fresh processes make the bytes independent of the caller: trained inside the full test
+    suite's process, after other tests had changed its state, the base differed from the
+    CLI's. Plain
     subprocesses, not multiprocessing, so a caller's unguarded script is never re-imported.
     OMP_NUM_THREADS is set before torch starts: two children whose idle OpenMP pools spin
     against each other ran 7x slower. Experts are independent, so two one-thread children
