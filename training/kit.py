@@ -137,10 +137,9 @@ def _in_children(jobs: list[tuple[str, tuple]], workers: int, threads: int) -> N
     """Run `(function name, args)` jobs of this module in fresh `python -m training.kit`
     processes, up to `workers` at a time, each with `threads` torch threads.
 
-    Fresh processes make the bytes independent of the caller: trained inside the full test
-    suite's process, after other tests had changed its state, the base differed from the
-    CLI's. Plain
-    subprocesses, not multiprocessing, so a caller's unguarded script is never re-imported.
+    Fresh processes make the bytes independent of the caller's state (its torch settings,
+    what it has imported). Plain subprocesses, not multiprocessing, so a caller's unguarded
+    script is never re-imported.
     OMP_NUM_THREADS is set before torch starts: two children whose idle OpenMP pools spin
     against each other ran 7x slower. Experts are independent, so two one-thread children
     (twice the speed of one two-thread process on 2 cores) give the same bytes as one."""
@@ -153,24 +152,30 @@ def _in_children(jobs: list[tuple[str, tuple]], workers: int, threads: int) -> N
     workers = max(1, min(workers, len(jobs), os.cpu_count() or 1))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")])}
+    pending = list(enumerate(jobs))
+    running: list[tuple[str, subprocess.Popen]] = []
     with tempfile.TemporaryDirectory() as spool:
-        pending = list(enumerate(jobs))
-        running: list[tuple[str, subprocess.Popen]] = []
-        while pending or running:
-            while pending and len(running) < workers:
-                i, job = pending.pop(0)
-                path = Path(spool) / f"job{i}.pickle"
-                path.write_bytes(pickle.dumps(job))
-                running.append((f"{job[0]}{job[1][1:2]}", subprocess.Popen(
-                    [sys.executable, "-m", "training.kit", str(path)], env=env,
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-            what, proc = running.pop(0)
-            _, err = proc.communicate()
-            if proc.returncode:
-                for _, other in running:
-                    other.kill()
-                raise RuntimeError(f"kit step {what} failed (exit {proc.returncode}):\n"
-                                   f"{err.decode(errors='replace')[-2000:]}")
+        try:
+            while pending or running:
+                while pending and len(running) < workers:
+                    i, (function, args) = pending.pop(0)
+                    path = Path(spool) / f"job{i}.pickle"
+                    path.write_bytes(pickle.dumps((function, args)))
+                    what = function.removeprefix("_train_") + (
+                        f" {args[1]}" if function == "_train_expert" else "")
+                    running.append((what, subprocess.Popen(
+                        [sys.executable, "-m", "training.kit", str(path)], env=env,
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+                what, proc = running.pop(0)
+                _, err = proc.communicate()
+                if proc.returncode:
+                    raise RuntimeError(f"training the kit's {what} failed (exit "
+                                       f"{proc.returncode}):\n"
+                                       f"{err.decode(errors='replace')[-2000:]}")
+        finally:  # an error or ^C: no child keeps writing into the folder being removed
+            for _, other in running:
+                other.kill()
+                other.wait()
 
 
 def kit_config(out: Path, experts: list[dict], seed: int) -> str:
@@ -257,7 +262,7 @@ def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, l
     name contains it train. A fixed thread count, so the bytes do not depend on cores."""
     import torch
 
-    threads = torch.get_num_threads()
+    caller_threads = torch.get_num_threads()
     torch.set_num_threads(threads or sizes.threads)
     try:
         ids = tokenizer("\n".join(lines), return_tensors="pt").input_ids[0]
@@ -281,7 +286,7 @@ def _train_lm(model, tokenizer, lines: list[str], sizes: KitSizes, steps: int, l
         for param in model.parameters():
             param.requires_grad_(True)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(caller_threads)
 
 
 def _save(model, tokenizer, path: Path) -> None:
