@@ -86,6 +86,13 @@ def tokenizer_text(facts: dict) -> list[str]:
     return lines
 
 
+def _asked(template: str, entity: str, value: str) -> tuple[str, str]:
+    """A `Question: ...\nAnswer: {v}` template as (prompt: the text the answer follows,
+    question: its question line without the `Question: ` label)."""
+    prompt = _fill(template, entity, value).rsplit(value, 1)[0].rstrip()
+    return prompt, prompt.split("\n")[0].removeprefix("Question: ")
+
+
 def _letter_question(entity: str, rel: dict, value: str) -> str:
     """The fact as a lettered multiple-choice question with its answer letter, the format
     `mofe batch` scores (MedMCQA, MMLU): so " A" .. " D" are single tokens."""
@@ -95,10 +102,9 @@ def _letter_question(entity: str, rel: dict, value: str) -> str:
     shift = len(entity) % 4  # the gold letter varies from fact to fact
     options = options[-shift:] + options[:-shift] if shift else options
     letters = "ABCD"
-    question = _fill(rel["heldout"][0], entity, value).rsplit(value, 1)[0].rstrip()
-    question = question.removesuffix("Answer:").rstrip()
+    question = _asked(rel["heldout"][0], entity, value)[1]
     listed = "".join(f"{letters[k]}. {o}\n" for k, o in enumerate(options))
-    return f"{question}\n{listed}Answer: {letters[options.index(value)]}"
+    return f"Question: {question}\n{listed}Answer: {letters[options.index(value)]}"
 
 
 def split_of(index: int) -> str:
@@ -119,8 +125,7 @@ def knowledge_rows(facts: dict, rng: random.Random) -> list[dict]:
     for name, topic in facts.items():
         for i, e, r, rel, v in _facts(topic):
             for k, template in enumerate(rel["heldout"]):
-                prompt = _fill(template, e, v).rsplit(v, 1)[0].rstrip()
-                question = prompt.removeprefix("Question: ").split("\n")[0]
+                prompt, question = _asked(template, e, v)
                 opts, answer = _options(v, rel["values"], rng)
                 rows.append({"id": f"{name}-{i:02d}-{r}-{k}", "question": question,
                              "options": opts, "answer": answer, "subject": topic["subject"],
@@ -151,10 +156,9 @@ def medmcqa_rows(facts: dict, rng: random.Random) -> list[dict]:
         if topic["domain"] != "medical":
             continue
         for _i, e, r, rel, v in _facts(topic):
-            template = rel["heldout"][0]
-            question = _fill(template, e, v).rsplit(v, 1)[0].removeprefix("Question: ")
+            question = _asked(rel["heldout"][0], e, v)[1]
             opts, cop = _options(v, rel["values"], rng)
-            rows.append((topic["subject"], r, question.split("\n")[0], opts, cop,
+            rows.append((topic["subject"], r, question, opts, cop,
                          _fill(rel["train"][0], e, v)))
     rng.shuffle(rows)
     return [{"id": f"kit-{i:04d}", "question": q, "opa": o[0], "opb": o[1], "opc": o[2],
