@@ -103,25 +103,27 @@ def train(config: Path, logfile: Path) -> Path:
 
 def medical_share(model_dir: Path, rows: list[dict]) -> float:
     """Share of routed (token, layer, top-k slot) decisions that go to medical experts on the
-    questions' prompts: transformers' router logits, top-k per token as the model routes."""
+    questions' prompts: transformers' router logits, top-k per token as the model routes,
+    summed as the server's `domain_shares` sums its counters."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mofe_serve.routing.serving import domain_shares
+
     manifest = json.loads((model_dir / "mofe.json").read_text())
-    medical = {e["index"] for e in manifest["experts"] if e["domain"] == "medical"}
+    domains = [e["domain"] for e in sorted(manifest["experts"], key=lambda e: e["index"])]
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(model_dir)
     k = model.config.num_experts_per_tok
-    hits = total = 0
+    counts = torch.zeros(model.config.num_hidden_layers, len(domains), dtype=torch.long)
     with torch.inference_mode():
         for r in rows:
             ids = tok(r["prompt"], return_tensors="pt").input_ids
             out = model(input_ids=ids, output_router_logits=True)
-            for logits in out.router_logits:  # [tokens, experts] per layer
-                top = logits.topk(k, dim=-1).indices.flatten().tolist()
-                hits += sum(i in medical for i in top)
-                total += len(top)
-    return hits / total
+            for layer, logits in enumerate(out.router_logits):  # [tokens, experts]
+                top = logits.topk(k, dim=-1).indices.flatten()
+                counts[layer] += torch.bincount(top, minlength=len(domains))
+    return domain_shares(counts.tolist(), domains).get("medical", 0.0)
 
 
 def evaluate(model_dir: Path, rows: list[dict]) -> dict:
