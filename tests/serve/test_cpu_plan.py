@@ -58,7 +58,8 @@ def test_running_engines_on_this_machine_are_detected(tmp_path):
     try:
         deadline = time.monotonic() + 120  # a busy machine can take seconds to start Python
         while time.monotonic() < deadline:  # until the second one has pinned itself
-            title = psutil.Process(worker.pid).cmdline()[0]
+            # /proc/PID/cmdline reads empty while bash is mid-exec; wait for the new title
+            title = (psutil.Process(worker.pid).cmdline() or [""])[0]
             if (tmp_path / "ok").exists() and title.startswith("VLLM"):
                 break
             time.sleep(0.05)
