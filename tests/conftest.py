@@ -15,6 +15,21 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # they do for a user (mofe_serve.engine), so a start-up that fails for users fails here.
 os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 
+# The cores this test process may use. An in-process engine (`mofe batch`, tests/batch's
+# `vllm_scorer`) pins the main thread to its planned cores while it lives; every server or
+# CLI a later test starts would inherit that pin and run on fewer cores than a user's.
+SESSION_CPUS = os.sched_getaffinity(0)
+
+
+def pytest_runtest_setup(item):
+    if "vllm_scorer" in item.fixturenames or item.path.parent.name == "batch":
+        return  # tests/batch runs next to its in-process engine
+    pinned = os.sched_getaffinity(0)
+    if pinned != SESSION_CPUS:
+        raise RuntimeError(f"{item.nodeid} would start with this process pinned to cores "
+                           f"{sorted(pinned)} of {sorted(SESSION_CPUS)}: an in-process engine "
+                           "from an earlier test is still alive (see tests/batch/conftest.py)")
+
 
 @pytest.fixture(scope="session")
 def kit(tmp_path_factory) -> Path:

@@ -41,7 +41,10 @@ def tiny_mofe_per_expert(tiny_mofe, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
+# Package scope: while the engine lives, this process's main thread is pinned to the plan's
+# cores, and every subprocess it starts (test servers, kit builds) inherits that pin. Alive
+# for the whole session, it put the rest of the suite on one core.
+@pytest.fixture(scope="package")
 def vllm_scorer(tiny_mofe_per_expert, tmp_path_factory):
     """One vLLM engine (fp32, eager) with the routing-counter plugin, on the per-expert copy
     of the session model (batch tests do not depend on the layout), run as `mofe batch`

@@ -70,7 +70,9 @@ def test_running_engines_on_this_machine_are_detected(tmp_path):
         assert found[batch.pid] == (core,)
         assert os.getpid() not in found
         plan = plan_cpu_threads(sorted(os.sched_getaffinity(0)), found)
-        assert core not in plan.cpus or plan.shared == (core,)
+        # Other engines (the session's server) may hold other cores, so more than `core`
+        # may be shared; `core` itself must be avoided or reported as shared.
+        assert core not in plan.cpus or core in plan.shared
     finally:
         for p in (worker, batch):
             p.kill()
