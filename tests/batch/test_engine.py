@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mofe_batch.config import BatchConfig
@@ -176,7 +177,6 @@ def test_engine_computes_in_this_process_on_the_planned_cores(vllm_scorer, medmc
     """The offline engine runs in the test process (no engine-core or worker process) with
     the planned number of torch threads, every thread pinned to the planned cores; no core
     is held back for an API server."""
-    import psutil
     import torch
 
     plan = vllm_scorer.cpu_plan
@@ -190,8 +190,7 @@ def test_engine_computes_in_this_process_on_the_planned_cores(vllm_scorer, medmc
     me = psutil.Process()
     # A multiprocess engine's core would be a child of this process; a session test server's
     # engine (tests/batch/test_endpoint.py) is its server's child, not ours.
-    assert not [p for p in me.children(recursive=False)
-                if p.cmdline() and p.cmdline()[0].startswith("VLLM::")]
+    assert not [p for p in me.children(recursive=False) if _title(p).startswith("VLLM::")]
     for thread in me.threads():  # the OpenMP threads that ran the forward pass included
         assert os.sched_getaffinity(thread.id) <= set(plan.cpus)
 
@@ -218,3 +217,12 @@ def test_vllm_resume_with_other_settings_is_refused_before_scoring(vllm_scorer, 
     again = run_batch(cfg, scorer=vllm_scorer, log=lambda m: None)  # same settings: resumes
     assert again["resumed"] == 4 and again["scored_this_run"] == 0
     assert not Path(str(out) + ".lock").exists()
+
+
+def _title(proc: psutil.Process) -> str:
+    """A process's title; "" while it execs (empty cmdline), once it has exited, or as a
+    zombie."""
+    try:
+        return (proc.cmdline() or [""])[0]
+    except psutil.Error:
+        return ""
