@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> dict:
             if lr_scale is not None:
                 ppt = work / f"ppt{lr_scale:g}-seed{seed}"
                 shutil.rmtree(ppt, ignore_errors=True)
-                cfg = write_config(kit, work / f"ppt-seed{seed}.yaml", merge=None,
+                cfg = write_config(kit, work / f"ppt{lr_scale:g}-seed{seed}.yaml", merge=None,
                                    model=str(merged), output_dir=str(ppt), seed=seed,
                                    **{"data.train": [{"path": str(corpus), "format": "text"}],
                                       "training.learning_rate": tune_lr * lr_scale,

@@ -19,11 +19,12 @@ os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
 # `vllm_scorer`) pins the main thread to its planned cores while it lives; every server or
 # CLI a later test starts would inherit that pin and run on fewer cores than a user's.
 SESSION_CPUS = os.sched_getaffinity(0)
+BATCH_TESTS = Path(__file__).parent / "batch"  # they run next to that engine
 
 
 def pytest_runtest_setup(item):
-    if "vllm_scorer" in item.fixturenames or item.path.parent.name == "batch":
-        return  # tests/batch runs next to its in-process engine
+    if item.path.is_relative_to(BATCH_TESTS):
+        return
     pinned = os.sched_getaffinity(0)
     if pinned != SESSION_CPUS:
         raise RuntimeError(f"{item.nodeid} would start with this process pinned to cores "

@@ -87,7 +87,8 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
     facts = load_facts()
     try:
         _train_tokenizer(tmp / "tokenizer", sizes.vocab_size)
-        _in_children([("_train_base", (tmp, sizes, seed))], workers=1, threads=sizes.threads)
+        _in_children([("base", "_train_base", (tmp, sizes, seed))], workers=1,
+                     threads=sizes.threads)
         expert_specs, jobs = [], []
         for i in range(experts):
             name, domain = TOPICS[i % len(TOPICS)]
@@ -95,7 +96,7 @@ def build_kit(out: Path, experts: int = 4, seed: int = 0, sizes: KitSizes = KitS
             if i >= len(TOPICS):
                 name = f"{name}-{i // len(TOPICS)}"
             lines = topic_text(facts, topic, random.Random(seed + i + 1))
-            jobs.append(("_train_expert", (tmp, name, lines, sizes, seed + i + 1)))
+            jobs.append((f"expert {name}", "_train_expert", (tmp, name, lines, sizes, seed + i + 1)))
             expert_specs.append({"name": name, "domain": domain, "lines": lines})
         _in_children(jobs, workers=2, threads=1)
         _write_data(tmp / "data", seed)
@@ -133,8 +134,12 @@ def _train_expert(tmp: Path, name: str, lines: list[str], sizes: KitSizes, seed:
     _save(model, tokenizer, tmp / "experts" / name)
 
 
-def _in_children(jobs: list[tuple[str, tuple]], workers: int, threads: int) -> None:
-    """Run `(function name, args)` jobs of this module in fresh `python -m training.kit`
+# What `python -m training.kit JOB` may run, by name (a job travels as a pickle).
+_CHILD_JOBS = {"_train_base": _train_base, "_train_expert": _train_expert}
+
+
+def _in_children(jobs: list[tuple[str, str, tuple]], workers: int, threads: int) -> None:
+    """Run `(label, function name, args)` jobs of this module in fresh `python -m training.kit`
     processes, up to `workers` at a time, each with `threads` torch threads.
 
     Fresh processes make the bytes independent of the caller's state (its torch settings,
@@ -158,18 +163,16 @@ def _in_children(jobs: list[tuple[str, tuple]], workers: int, threads: int) -> N
         try:
             while pending or running:
                 while pending and len(running) < workers:
-                    i, (function, args) = pending.pop(0)
+                    i, (label, function, args) = pending.pop(0)
                     path = Path(spool) / f"job{i}.pickle"
                     path.write_bytes(pickle.dumps((function, args)))
-                    what = function.removeprefix("_train_") + (
-                        f" {args[1]}" if function == "_train_expert" else "")
-                    running.append((what, subprocess.Popen(
+                    running.append((label, subprocess.Popen(
                         [sys.executable, "-m", "training.kit", str(path)], env=env,
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-                what, proc = running.pop(0)
+                label, proc = running.pop(0)
                 _, err = proc.communicate()
                 if proc.returncode:
-                    raise RuntimeError(f"training the kit's {what} failed (exit "
+                    raise RuntimeError(f"training the kit's {label} failed (exit "
                                        f"{proc.returncode}):\n"
                                        f"{err.decode(errors='replace')[-2000:]}")
         finally:  # an error or ^C: no child keeps writing into the folder being removed
@@ -317,4 +320,4 @@ if __name__ == "__main__":  # one job of _in_children
     import sys
 
     function, args = pickle.loads(Path(sys.argv[1]).read_bytes())
-    {"_train_base": _train_base, "_train_expert": _train_expert}[function](*args)
+    _CHILD_JOBS[function](*args)
